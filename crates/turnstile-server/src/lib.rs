@@ -1,1 +1,26 @@
+//! turnstiled, the turnstile lock coordinator: the gRPC service, its
+//! backends, configuration and telemetry.
+//!
+//! Data flows one way: RPC → [`service`] (validation, metrics) →
+//! [`backend::Backend`] → the memory backend (the core lock table behind
+//! sharded locks) or another backend.
+//!
+//! # Layout
+//! - [`config`]: every flag and `TURNSTILE_*` variable, and their validation.
+//! - [`validate`]: request validation shared by all backends (G8).
+//! - [`service`]: the `LockService` handlers; [`convert`]: types to protobuf.
+//! - [`backend`]: the [`backend::Backend`] contract;
+//!   [`backend::memory`] the embedded table; [`backend::durable`] its restart state.
+//! - [`error`]: error types and their one mapping to `tonic::Status`.
+//! - [`server`]: [`server::run`], gRPC + HTTP serving and graceful shutdown.
+//! - [`telemetry`]: Prometheus metrics and logging; [`clock`]: the one clock.
 
+pub mod backend;
+pub mod clock;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod server;
+pub mod service;
+pub mod telemetry;
+pub mod validate;

@@ -1,1 +1,66 @@
-fn main() {}
+//! `turnstiled`: parses flags, opens the backend, binds the listeners, prints
+//! one line with the bound addresses on stdout, and serves until SIGTERM or
+//! SIGINT, then shuts down gracefully and exits 0.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+use turnstile_server::backend::memory::MemoryBackend;
+use turnstile_server::config::Config;
+use turnstile_server::server::run;
+use turnstile_server::telemetry::{init_logging, Metrics};
+
+fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    config.validate()?;
+    init_logging(config.log_format, &config.log).map_err(anyhow::Error::msg)?;
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let backend = Arc::new(MemoryBackend::start(&config, metrics.clone()).context("opening the memory backend")?);
+    let grpc = TcpListener::bind(config.listen).await.with_context(|| format!("binding --listen {}", config.listen))?;
+    let http = TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("binding --http-listen {}", config.http_listen))?;
+    let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, backend = "memory", "turnstiled listening");
+    // One machine-readable line, so scripts and tests that bind port 0 learn the ports.
+    println!("turnstiled listening grpc={grpc_addr} http={http_addr}");
+    std::io::stdout().flush()?;
+    let held = backend.clone();
+    run(backend, &config, metrics, Box::new(move || Some(held.leases_held())), grpc, http, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for SIGINT: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,355 @@
+//! Restart safety of the memory backend (DESIGN.md "Restarts"): the token
+//! block and the lease horizon in `state.json`, and the lease table in
+//! `snapshot.jsonl` on graceful shutdown. Files are written with fsync and an
+//! atomic rename, and never on the per-grant hot path: a grant only writes
+//! when it crosses the reserved token block or the persisted horizon.
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use turnstile_core::{Lease, Time};
+
+use crate::clock::Clock;
+
+const STATE_FILE: &str = "state.json";
+const SNAPSHOT_FILE: &str = "snapshot.jsonl";
+const FORMAT_VERSION: u32 = 1;
+
+/// `state.json`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+struct StateFile {
+    version: u32,
+    /// Bumped at every start; a snapshot only counts if written under the
+    /// generation still on disk (nothing ran after it).
+    generation: u64,
+    /// No token at or above this value has been issued.
+    token_block_end: u64,
+    /// No lease granted or renewed so far outlives this wall-clock instant.
+    lease_horizon_unix_ms: u64,
+}
+
+/// First line of `snapshot.jsonl`.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotHeader {
+    version: u32,
+    generation: u64,
+    written_unix_ms: u64,
+    leases: usize,
+}
+
+/// One lease line of `snapshot.jsonl`.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotLease {
+    key: String,
+    owner: String,
+    token: u64,
+    ttl_ms: u64,
+    expires_unix_ms: u64,
+}
+
+/// What start-up found in the data dir.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The first token this process may issue.
+    pub first_token: u64,
+    /// Leases from a graceful-shutdown snapshot that have not expired.
+    pub leases: Vec<Lease>,
+    /// After a crash: grant nothing before this instant.
+    pub grants_resume_at: Option<Time>,
+}
+
+/// The persisted token block and lease horizon of a running server.
+#[derive(Debug)]
+pub struct DurableState {
+    dir: PathBuf,
+    clock: Clock,
+    block: u64,
+    step: Duration,
+    token_block_end: AtomicU64,
+    horizon_unix_ms: AtomicU64,
+    /// Serialises writers; the atomics above are the lock-free fast path.
+    file: tokio::sync::Mutex<StateFile>,
+}
+
+fn corrupt(path: &Path, what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("corrupt turnstile state file {}: {what}; refusing to start rather than reset fencing tokens (move the file away only if you know no lease of the old process can still be live)", path.display()),
+    )
+}
+
+impl DurableState {
+    /// Opens (creating if missing) the data dir, reads the state and any
+    /// snapshot, reserves a fresh token block and persists it before
+    /// returning. A corrupt file is an error, never a silent reset.
+    pub fn open(dir: &Path, block: u64, step: Duration, clock: Clock) -> io::Result<(Arc<Self>, Recovered)> {
+        fs::create_dir_all(dir)?;
+        let state_path = dir.join(STATE_FILE);
+        let old = match fs::read(&state_path) {
+            Ok(bytes) => {
+                let s: StateFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(&state_path, e))?;
+                if s.version != FORMAT_VERSION {
+                    return Err(corrupt(&state_path, format!("unknown version {}", s.version)));
+                }
+                Some(s)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let now = clock.now();
+        let now_ms = clock.unix_millis(now);
+        let state = old.unwrap_or(StateFile { version: FORMAT_VERSION, ..Default::default() });
+        let snapshot = match old {
+            Some(s) => read_snapshot(&dir.join(SNAPSHOT_FILE), s.generation)?,
+            None => None,
+        };
+        let mut first_token = state.token_block_end.max(1);
+        let (leases, grants_resume_at) = match snapshot {
+            Some(lines) => {
+                let leases: Vec<Lease> = lines
+                    .into_iter()
+                    .filter(|l| l.expires_unix_ms > now_ms)
+                    .map(|l| Lease {
+                        key: l.key.into(),
+                        owner: l.owner.into(),
+                        token: l.token,
+                        ttl: Duration::from_millis(l.ttl_ms),
+                        expires_at: now + Duration::from_millis(l.expires_unix_ms - now_ms),
+                    })
+                    .collect();
+                (leases, None)
+            }
+            // No snapshot written by the last process: it crashed, and leases it
+            // granted may live until the horizon.
+            None if state.lease_horizon_unix_ms > now_ms => {
+                (Vec::new(), Some(now + Duration::from_millis(state.lease_horizon_unix_ms - now_ms)))
+            }
+            None => (Vec::new(), None),
+        };
+        if let Some(max) = leases.iter().map(|l| l.token).max() {
+            first_token = first_token.max(max + 1);
+        }
+        let next = StateFile {
+            version: FORMAT_VERSION,
+            generation: state.generation + 1,
+            token_block_end: first_token.saturating_add(block),
+            lease_horizon_unix_ms: state.lease_horizon_unix_ms,
+        };
+        write_atomic(dir, STATE_FILE, &serde_json::to_vec_pretty(&next)?)?;
+        // The snapshot is consumed: the generation moved on, so it could never
+        // count again; removing it only keeps the dir tidy.
+        match fs::remove_file(dir.join(SNAPSHOT_FILE)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let durable = Arc::new(DurableState {
+            dir: dir.to_owned(),
+            clock,
+            block,
+            step,
+            token_block_end: AtomicU64::new(next.token_block_end),
+            horizon_unix_ms: AtomicU64::new(next.lease_horizon_unix_ms),
+            file: tokio::sync::Mutex::new(next),
+        });
+        Ok((durable, Recovered { first_token, leases, grants_resume_at }))
+    }
+
+    /// Whether a lease with `token` ending at `expires` is covered by what is
+    /// on disk already (the hot path: two atomic loads).
+    pub fn covers(&self, token: u64, expires: Time) -> bool {
+        token < self.token_block_end.load(Ordering::Acquire)
+            && self.clock.unix_millis(expires) <= self.horizon_unix_ms.load(Ordering::Acquire)
+    }
+
+    /// Makes sure `token` lies in a persisted token block and `expires` below
+    /// the persisted horizon, writing the state file if not. Call before the
+    /// client learns of a grant or renew.
+    pub async fn ensure(&self, token: u64, expires: Time) -> io::Result<()> {
+        if self.covers(token, expires) {
+            return Ok(());
+        }
+        let mut file = self.file.lock().await;
+        let mut next = *file;
+        if token >= next.token_block_end {
+            next.token_block_end = token.saturating_add(self.block);
+        }
+        let expires_ms = self.clock.unix_millis(expires);
+        if expires_ms > next.lease_horizon_unix_ms {
+            let step = u64::try_from(self.step.as_millis()).unwrap_or(u64::MAX);
+            next.lease_horizon_unix_ms = expires_ms.saturating_add(step);
+        }
+        if next == *file {
+            return Ok(()); // another writer covered it while we waited
+        }
+        let dir = self.dir.clone();
+        let bytes = serde_json::to_vec_pretty(&next)?;
+        tokio::task::spawn_blocking(move || write_atomic(&dir, STATE_FILE, &bytes))
+            .await
+            .map_err(io::Error::other)??;
+        *file = next;
+        self.token_block_end.store(next.token_block_end, Ordering::Release);
+        self.horizon_unix_ms.store(next.lease_horizon_unix_ms, Ordering::Release);
+        tracing::debug!(
+            token_block_end = next.token_block_end,
+            horizon_unix_ms = next.lease_horizon_unix_ms,
+            "state persisted"
+        );
+        Ok(())
+    }
+
+    /// Writes the lease table for the next start. Call only after the
+    /// backend stopped granting: the state file must not change after it.
+    pub async fn write_snapshot(&self, leases: Vec<Lease>) -> io::Result<usize> {
+        let file = self.file.lock().await;
+        let header = SnapshotHeader {
+            version: FORMAT_VERSION,
+            generation: file.generation,
+            written_unix_ms: self.clock.unix_millis(self.clock.now()),
+            leases: leases.len(),
+        };
+        let clock = self.clock;
+        let mut buf = BufWriter::new(Vec::with_capacity(64 + leases.len() * 96));
+        serde_json::to_writer(&mut buf, &header)?;
+        buf.write_all(b"\n")?;
+        for l in &leases {
+            let line = SnapshotLease {
+                key: l.key.to_string(),
+                owner: l.owner.to_string(),
+                token: l.token,
+                ttl_ms: u64::try_from(l.ttl.as_millis()).unwrap_or(u64::MAX),
+                expires_unix_ms: clock.unix_millis(l.expires_at),
+            };
+            serde_json::to_writer(&mut buf, &line)?;
+            buf.write_all(b"\n")?;
+        }
+        let bytes = buf.into_inner().map_err(|e| e.into_error())?;
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&dir, SNAPSHOT_FILE, &bytes))
+            .await
+            .map_err(io::Error::other)??;
+        Ok(leases.len())
+    }
+}
+
+/// Reads `snapshot.jsonl` if present and written under `generation`.
+fn read_snapshot(path: &Path, generation: u64) -> io::Result<Option<Vec<SnapshotLease>>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut lines = BufReader::new(file).lines();
+    let header: SnapshotHeader = match lines.next() {
+        Some(line) => serde_json::from_str(&line?).map_err(|e| corrupt(path, e))?,
+        None => return Err(corrupt(path, "empty snapshot")),
+    };
+    if header.version != FORMAT_VERSION {
+        return Err(corrupt(path, format!("unknown version {}", header.version)));
+    }
+    if header.generation != generation {
+        tracing::warn!(path = %path.display(), "ignoring a snapshot older than the state file (the process after it did not shut down cleanly)");
+        return Ok(None);
+    }
+    let mut leases = Vec::with_capacity(header.leases);
+    for line in lines {
+        leases.push(serde_json::from_str(&line?).map_err(|e| corrupt(path, e))?);
+    }
+    if leases.len() != header.leases {
+        return Err(corrupt(path, format!("header says {} leases, found {}", header.leases, leases.len())));
+    }
+    Ok(Some(leases))
+}
+
+/// Writes `dir/name` atomically: a temporary file, fsync, rename, fsync of the dir.
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("turnstile-durable-{}-{}", std::process::id(), rand_suffix()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one(0u8)
+    }
+
+    #[tokio::test]
+    async fn tokens_continue_above_the_reserved_block_after_restart() {
+        let d = dir();
+        let (s, r) = DurableState::open(&d, 100, Duration::from_secs(1), Clock::new()).unwrap();
+        assert_eq!(r.first_token, 1);
+        s.ensure(250, Time::ZERO).await.unwrap();
+        drop(s);
+        let (_, r) = DurableState::open(&d, 100, Duration::from_secs(1), Clock::new()).unwrap();
+        assert_eq!(r.first_token, 350, "block end after reserving up to token 250");
+        assert!(r.grants_resume_at.is_none(), "no lease was granted, so nothing to wait for");
+    }
+
+    #[tokio::test]
+    async fn after_a_crash_grants_wait_for_the_horizon() {
+        let d = dir();
+        let clock = Clock::new();
+        let (s, _) = DurableState::open(&d, 100, Duration::from_secs(10), clock).unwrap();
+        s.ensure(1, clock.now() + Duration::from_secs(5)).await.unwrap();
+        assert!(s.covers(1, clock.now() + Duration::from_secs(14)));
+        drop(s); // no snapshot: as after SIGKILL
+        let clock2 = Clock::new();
+        let (_, r) = DurableState::open(&d, 100, Duration::from_secs(10), clock2).unwrap();
+        let wait = r.grants_resume_at.expect("recovering").saturating_since(clock2.now());
+        assert!(wait > Duration::from_secs(13) && wait <= Duration::from_secs(15), "{wait:?}");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_restores_live_leases_once() {
+        let d = dir();
+        let clock = Clock::new();
+        let (s, _) = DurableState::open(&d, 100, Duration::from_secs(10), clock).unwrap();
+        let lease = Lease {
+            key: "k".into(),
+            owner: "o".into(),
+            token: 7,
+            ttl: Duration::from_secs(30),
+            expires_at: clock.now() + Duration::from_secs(30),
+        };
+        s.ensure(7, lease.expires_at).await.unwrap();
+        s.write_snapshot(vec![lease]).await.unwrap();
+        drop(s);
+        let (_, r) = DurableState::open(&d, 100, Duration::from_secs(10), Clock::new()).unwrap();
+        assert!(r.grants_resume_at.is_none());
+        assert_eq!(r.leases.len(), 1);
+        assert_eq!((&*r.leases[0].key, r.leases[0].token), ("k", 7));
+        // Consumed: a crash after this start must not bring the lease back.
+        let (_, r) = DurableState::open(&d, 100, Duration::from_secs(10), Clock::new()).unwrap();
+        assert!(r.leases.is_empty());
+        assert!(r.grants_resume_at.is_some());
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_an_error_not_a_reset() {
+        let d = dir();
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join(STATE_FILE), b"{not json").unwrap();
+        let err = DurableState::open(&d, 100, Duration::from_secs(1), Clock::new()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("corrupt"), "{err}");
+    }
+}

@@ -1,0 +1,463 @@
+//! The memory backend: the core lock table in this process, split into
+//! shards by key hash, each a `std::sync::Mutex<LockTable>` with its own
+//! expiry task; restart-safe through [`DurableState`].
+//!
+//! Why sharded std mutexes rather than a concurrent map: an operation touches
+//! a key, its FIFO queue and the shard's timer wheel together, and must do so
+//! atomically; a per-shard mutex gives that in one uncontended lock, held for
+//! a few hundred nanoseconds and never across an `.await`.
+//!
+//! Waiters park on a oneshot channel that the table keeps as the waiter's
+//! payload; whoever produces the [`Effect`] that answers it sends on it after
+//! unlocking. Nobody polls.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+use turnstile_core::{
+    AcquireArgs, Acquired, Counters, Effect, Lease, LockInfo, LockTable, TableConfig, Time, Wait, WaiterId,
+};
+
+use super::durable::DurableState;
+use super::{AcquireOutcome, AcquireRequest, Backend, Grant, TtlBounds};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::BackendError;
+use crate::telemetry::Metrics;
+
+/// What a parked waiter is answered with.
+#[derive(Debug)]
+enum Answer {
+    Granted(Lease),
+    Shared(Arc<[u8]>),
+    TimedOut(LockInfo),
+    Closed,
+}
+
+type Reply = oneshot::Sender<Answer>;
+
+struct Shard {
+    table: Mutex<LockTable<Reply>>,
+    /// Wakes the expiry task when a timer earlier than `next_wake` appears.
+    wake: Notify,
+    /// The instant (nanos) the expiry task sleeps until; `u64::MAX` when idle.
+    next_wake: AtomicU64,
+}
+
+struct Inner {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    counters: Arc<Counters>,
+    clock: Clock,
+    durable: Option<Arc<DurableState>>,
+    closed: AtomicBool,
+    bounds: TtlBounds,
+    recovering_until: Option<Time>,
+    metrics: Arc<Metrics>,
+}
+
+/// The embedded lock table. Dropping it stops its expiry tasks.
+pub struct MemoryBackend {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for MemoryBackend {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl MemoryBackend {
+    /// Opens the data dir (if any), restores a snapshot or enters recovery,
+    /// and starts one expiry task per shard. Must run inside a tokio runtime.
+    pub fn start(config: &Config, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let clock = Clock::new();
+        let (durable, recovered) = match config.state_dir() {
+            Some(dir) => {
+                let (d, r) = DurableState::open(dir, config.token_block, config.horizon_step, clock)?;
+                (Some(d), Some(r))
+            }
+            None => {
+                tracing::warn!("running WITHOUT a data dir: mutual exclusion (G1) and fencing (G2) hold only within this process lifetime; a restart may reuse tokens and grant keys whose old holders still believe they hold them");
+                (None, None)
+            }
+        };
+        let now = clock.now();
+        let counters = Arc::new(Counters::new(recovered.as_ref().map_or(1, |r| r.first_token)));
+        let table_config =
+            TableConfig { max_waiters_per_key: config.max_waiters_per_key, max_leases: config.max_leases };
+        let recovering_until = recovered.as_ref().and_then(|r| r.grants_resume_at);
+        let shards: Box<[Shard]> = (0..config.shards)
+            .map(|_| {
+                let mut table = LockTable::new(table_config, counters.clone(), now);
+                if let Some(t) = recovering_until {
+                    table.hold_grants_until(t);
+                }
+                Shard { table: Mutex::new(table), wake: Notify::new(), next_wake: AtomicU64::new(u64::MAX) }
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            shards,
+            hasher: RandomState::new(),
+            counters,
+            clock,
+            durable,
+            closed: AtomicBool::new(false),
+            bounds: TtlBounds { min: config.min_ttl, max: config.max_ttl },
+            recovering_until,
+            metrics,
+        });
+        if let Some(r) = recovered {
+            let mut restored = 0;
+            for lease in &r.leases {
+                restored += usize::from(inner.lock(inner.shard_of(&lease.key)).restore(lease, now));
+            }
+            if restored > 0 {
+                tracing::info!(leases = restored, "restored leases from the shutdown snapshot");
+            }
+            if let Some(until) = r.grants_resume_at {
+                tracing::warn!(
+                    seconds = until.saturating_since(now).as_secs_f64().ceil(),
+                    "the previous process did not shut down cleanly: no lease is granted until every lease it may have granted has expired"
+                );
+            }
+        }
+        let tasks = (0..inner.shards.len()).map(|i| tokio::spawn(expiry_loop(inner.clone(), i))).collect();
+        Ok(MemoryBackend { inner, tasks })
+    }
+
+    /// Leases held right now.
+    pub fn leases_held(&self) -> usize {
+        self.inner.counters.held_leases()
+    }
+}
+
+impl Inner {
+    fn shard_of(&self, key: &str) -> usize {
+        (self.hasher.hash_one(key) % self.shards.len() as u64) as usize
+    }
+
+    /// Locks a shard. A poisoned lock means a panic inside the table; the
+    /// table's operations leave it consistent between calls, so go on.
+    fn lock(&self, idx: usize) -> MutexGuard<'_, LockTable<Reply>> {
+        self.shards[idx].table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_open(&self) -> Result<(), BackendError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BackendError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Runs `op` on the shard of `key`, collects its effects, tells the expiry
+    /// task about any earlier deadline, then carries the effects out unlocked.
+    fn with_table<T>(&self, idx: usize, op: impl FnOnce(&mut LockTable<Reply>, Time) -> T) -> T {
+        let now = self.clock.now();
+        let (out, effects, wake) = {
+            let mut table = self.lock(idx);
+            let out = op(&mut table, now);
+            let effects: Vec<_> = table.drain_effects().collect();
+            // Every deadline an operation can create is a lease expiry or a wait
+            // deadline; the table's earliest is what the task must wake for.
+            // Reading it here would scan the wheel, so compare the candidates.
+            let earliest = effects
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::Granted { lease, .. } => Some(lease.expires_at),
+                    _ => None,
+                })
+                .min();
+            (out, effects, earliest)
+        };
+        if let Some(t) = wake {
+            self.schedule(idx, t);
+        }
+        self.deliver(idx, effects);
+        out
+    }
+
+    /// Makes sure the shard's expiry task wakes by `t`.
+    fn schedule(&self, idx: usize, t: Time) {
+        let shard = &self.shards[idx];
+        if t.as_nanos() < shard.next_wake.fetch_min(t.as_nanos(), Ordering::AcqRel) {
+            shard.wake.notify_one();
+        }
+    }
+
+    /// Carries out effects. A grant whose waiter is gone is taken back and
+    /// passes on at once (G6).
+    fn deliver(&self, idx: usize, effects: Vec<Effect<Reply>>) {
+        let mut queue = std::collections::VecDeque::from(effects);
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Granted { waiter, lease } => {
+                    if let Err(Answer::Granted(lease)) = waiter.send(Answer::Granted(lease)) {
+                        self.metrics.grants_taken_back.inc();
+                        let now = self.clock.now();
+                        let mut table = self.lock(idx);
+                        table.release(&lease.key, lease.token, None, now);
+                        queue.extend(table.drain_effects());
+                        drop(table);
+                        for e in &queue {
+                            if let Effect::Granted { lease, .. } = e {
+                                self.schedule(idx, lease.expires_at);
+                            }
+                        }
+                    }
+                }
+                Effect::SharedResult { waiter, result } => {
+                    let _ = waiter.send(Answer::Shared(result));
+                }
+                Effect::WaitTimedOut { waiter, current } => {
+                    let _ = waiter.send(Answer::TimedOut(current));
+                }
+                Effect::Closed { waiter } => {
+                    let _ = waiter.send(Answer::Closed);
+                }
+                Effect::Expired { lease } => {
+                    self.metrics.leases_expired.inc();
+                    tracing::debug!(key = %lease.key, owner = %lease.owner, token = lease.token, "lease expired");
+                }
+            }
+        }
+    }
+
+    /// Persists what the grant or renew of `lease` needs before the client
+    /// learns of it.
+    async fn make_durable(&self, lease: &Lease) -> Result<(), BackendError> {
+        match &self.durable {
+            Some(d) if !d.covers(lease.token, lease.expires_at) => Ok(d.ensure(lease.token, lease.expires_at).await?),
+            _ => Ok(()),
+        }
+    }
+
+    /// Hands a new grant to the caller once it is durable; if that fails or
+    /// the caller goes away meanwhile, the lease is released again.
+    async fn hand_over(self: &Arc<Self>, idx: usize, lease: Lease) -> Result<AcquireOutcome, BackendError> {
+        let mut guard = ReleaseOnDrop { inner: self, idx, lease: Some(lease.clone()) };
+        self.make_durable(&lease).await?;
+        guard.lease = None;
+        Ok(AcquireOutcome::Acquired(grant(&lease)))
+    }
+}
+
+fn grant(lease: &Lease) -> Grant {
+    Grant { key: lease.key.clone(), owner: lease.owner.clone(), token: lease.token, ttl: lease.ttl }
+}
+
+/// Releases a grant the caller never received.
+struct ReleaseOnDrop<'a> {
+    inner: &'a Arc<Inner>,
+    idx: usize,
+    lease: Option<Lease>,
+}
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.inner.metrics.grants_taken_back.inc();
+            self.inner.with_table(self.idx, |t, now| t.release(&lease.key, lease.token, None, now));
+        }
+    }
+}
+
+/// Removes a parked waiter whose call went away (G6). If the waiter was
+/// answered with a grant in the meantime, that grant is released.
+struct QueueGuard<'a> {
+    inner: &'a Arc<Inner>,
+    idx: usize,
+    key: &'a str,
+    id: WaiterId,
+    rx: oneshot::Receiver<Answer>,
+    answered: bool,
+}
+
+impl Drop for QueueGuard<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let (key, id) = (self.key, self.id);
+        let rx = &mut self.rx;
+        self.inner.with_table(self.idx, |t, now| {
+            if !t.cancel(key, id, now) {
+                // Already answered: a grant sent before we got here is ours to undo.
+                if let Ok(Answer::Granted(lease)) = rx.try_recv() {
+                    t.release(&lease.key, lease.token, None, now);
+                }
+            }
+        });
+        self.inner.metrics.waiters_cancelled.inc();
+    }
+}
+
+async fn expiry_loop(inner: Arc<Inner>, idx: usize) {
+    let shard = &inner.shards[idx];
+    loop {
+        let now = inner.clock.now();
+        let (effects, next) = {
+            let mut table = inner.lock(idx);
+            table.tick(now);
+            let effects: Vec<_> = table.drain_effects().collect();
+            let next = table.next_deadline();
+            // Stored under the lock, so an operation either sees this value
+            // or inserted its timer before next_deadline() looked.
+            shard.next_wake.store(next.map_or(u64::MAX, Time::as_nanos), Ordering::Release);
+            (effects, next)
+        };
+        inner.deliver(idx, effects);
+        match next {
+            Some(t) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(inner.clock.instant(t)) => {}
+                    () = shard.wake.notified() => {}
+                }
+            }
+            None => shard.wake.notified().await,
+        }
+    }
+}
+
+impl Backend for MemoryBackend {
+    async fn acquire(&self, req: AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let idx = inner.shard_of(&req.key);
+        let args = AcquireArgs { key: &req.key, owner: &req.owner, ttl: req.ttl, share_result: req.share_result };
+        let (mut payload, rx) = if req.wait.is_zero() {
+            (None, None)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        };
+        let outcome = inner.with_table(idx, |t, now| {
+            let wait = payload.take().map(|payload| Wait { until: now + req.wait, payload });
+            let out = t.acquire(&args, wait, now);
+            let deadline = match &out {
+                Ok(Acquired::Granted(l)) => Some(l.expires_at),
+                Ok(Acquired::Queued(_)) => Some(now + req.wait),
+                _ => None,
+            };
+            (out, deadline)
+        });
+        let (outcome, deadline) = outcome;
+        if let Some(t) = deadline {
+            inner.schedule(idx, t);
+        }
+        match outcome? {
+            Acquired::Granted(lease) => {
+                inner.metrics.acquired.inc();
+                inner.hand_over(idx, lease).await
+            }
+            Acquired::Contended(info) => {
+                inner.metrics.contended.inc();
+                Ok(AcquireOutcome::NotAcquired(info))
+            }
+            Acquired::Queued(id) => {
+                let Some(rx) = rx else { return Err(BackendError::ShuttingDown) }; // queued only when waiting
+                let mut guard = QueueGuard { inner, idx, key: &req.key, id, rx, answered: false };
+                let answer = (&mut guard.rx).await;
+                guard.answered = true;
+                match answer {
+                    Ok(Answer::Granted(lease)) => {
+                        inner.metrics.acquired.inc();
+                        inner.hand_over(idx, lease).await
+                    }
+                    Ok(Answer::Shared(result)) => {
+                        inner.metrics.shared_results.inc();
+                        let current = inner.lock(idx).get(&req.key, inner.clock.now());
+                        Ok(AcquireOutcome::Shared { result, current })
+                    }
+                    Ok(Answer::TimedOut(current)) => {
+                        inner.metrics.wait_timeouts.inc();
+                        Ok(AcquireOutcome::NotAcquired(current))
+                    }
+                    Ok(Answer::Closed) | Err(_) => Err(BackendError::ShuttingDown),
+                }
+            }
+        }
+    }
+
+    async fn renew(&self, key: String, token: u64, ttl: Option<Duration>) -> Result<Grant, BackendError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let idx = inner.shard_of(&key);
+        let lease = inner.with_table(idx, |t, now| t.renew(&key, token, ttl, now))?;
+        inner.schedule(idx, lease.expires_at);
+        // If this fails the client never hears of the extension, so by the
+        // clock rule it does not count on it: failing is safe.
+        inner.make_durable(&lease).await?;
+        Ok(grant(&lease))
+    }
+
+    async fn release(&self, key: String, token: u64, result: Option<Vec<u8>>) -> Result<bool, BackendError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let idx = inner.shard_of(&key);
+        let result: Option<Arc<[u8]>> = result.map(Arc::from);
+        Ok(inner.with_table(idx, |t, now| t.release(&key, token, result, now)))
+    }
+
+    async fn get(&self, key: String) -> Result<LockInfo, BackendError> {
+        let inner = &self.inner;
+        let idx = inner.shard_of(&key);
+        Ok(inner.lock(idx).get(&key, inner.clock.now()))
+    }
+
+    async fn list(&self, prefix: String, after: Option<String>, limit: usize) -> Result<Vec<LockInfo>, BackendError> {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let mut all = Vec::new();
+        for idx in 0..inner.shards.len() {
+            all.extend(inner.lock(idx).list(&prefix, after.as_deref(), limit, now));
+        }
+        all.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    fn ttl_bounds(&self) -> TtlBounds {
+        self.inner.bounds
+    }
+
+    fn degraded(&self) -> Option<String> {
+        let inner = &self.inner;
+        let until = inner.recovering_until?;
+        let now = inner.clock.now();
+        (until > now).then(|| {
+            format!(
+                "recovering after a crash: grants resume in {} s",
+                crate::error::ceil_secs(until.saturating_since(now))
+            )
+        })
+    }
+
+    fn close(&self) {
+        let inner = &self.inner;
+        inner.closed.store(true, Ordering::Release);
+        for idx in 0..inner.shards.len() {
+            inner.with_table(idx, |t, _| t.close_waiters());
+        }
+    }
+
+    async fn shutdown(&self) -> Result<(), BackendError> {
+        let inner = &self.inner;
+        let Some(durable) = &inner.durable else { return Ok(()) };
+        let now = inner.clock.now();
+        let mut leases = Vec::with_capacity(inner.counters.held_leases());
+        for idx in 0..inner.shards.len() {
+            leases.extend(inner.lock(idx).leases(now));
+        }
+        let n = durable.write_snapshot(leases).await?;
+        tracing::info!(leases = n, "wrote the shutdown snapshot");
+        Ok(())
+    }
+}

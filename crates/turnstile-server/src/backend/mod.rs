@@ -1,0 +1,123 @@
+//! The [`Backend`] contract every store of lock state keeps (G1–G8 of
+//! DESIGN.md), and the validated, protocol-free types it speaks.
+//!
+//! Handlers validate requests (see [`crate::validate`]) before calling a
+//! backend, so a backend may assume keys, owners and durations are in range.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use turnstile_core::{HolderInfo, LockInfo};
+
+use crate::error::BackendError;
+
+pub mod durable;
+pub mod memory;
+
+/// A validated acquire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcquireRequest {
+    /// The key (1–512 bytes, no control characters).
+    pub key: String,
+    /// The owner (1–256 bytes).
+    pub owner: String,
+    /// TTL to grant, already clamped to the backend's bounds.
+    pub ttl: Duration,
+    /// How long to wait in the queue; zero means try once.
+    pub wait: Duration,
+    /// Accept the holder's released result instead of the lock while waiting.
+    pub share_result: bool,
+}
+
+/// A granted lease, as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The key.
+    pub key: Arc<str>,
+    /// The owner.
+    pub owner: Arc<str>,
+    /// The fencing token.
+    pub token: u64,
+    /// The TTL granted.
+    pub ttl: Duration,
+}
+
+/// How an acquire ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcquireOutcome {
+    /// Granted (or the caller's own lease refreshed).
+    Acquired(Grant),
+    /// Not granted: held by someone else (try-lock), or the wait timed out.
+    NotAcquired(LockInfo),
+    /// The holder released with a result, handed to this `share_result` waiter.
+    Shared {
+        /// The holder's result.
+        result: Arc<[u8]>,
+        /// The key's state after the release.
+        current: LockInfo,
+    },
+}
+
+/// TTL bounds a backend can honour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TtlBounds {
+    /// Shortest TTL granted; shorter requests are raised to it.
+    pub min: Duration,
+    /// Longest TTL granted; longer requests are lowered to it.
+    pub max: Duration,
+}
+
+/// A store of lock state. Every backend keeps G1–G8; the conformance suite
+/// in `tests/` states them and runs against each backend unchanged.
+///
+/// Futures must be cancellation safe: dropping an `acquire` future (the
+/// client went away) removes its waiter and never leaves it holding a lease.
+pub trait Backend: Send + Sync + 'static {
+    /// Grants, refreshes (same owner), waits in FIFO order, or reports the holder.
+    fn acquire(&self, req: AcquireRequest) -> impl Future<Output = Result<AcquireOutcome, BackendError>> + Send;
+
+    /// Extends the lease `(key, token)` by `ttl` (`None`: its granted TTL).
+    /// A lease that ended is [`BackendError::LeaseNotFound`].
+    fn renew(
+        &self,
+        key: String,
+        token: u64,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<Grant, BackendError>> + Send;
+
+    /// Ends the lease `(key, token)`, handing `result` to sharing waiters.
+    /// Returns false when it had already ended.
+    fn release(
+        &self,
+        key: String,
+        token: u64,
+        result: Option<Vec<u8>>,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send;
+
+    /// The state of one key.
+    fn get(&self, key: String) -> impl Future<Output = Result<LockInfo, BackendError>> + Send;
+
+    /// Up to `limit` keys with `prefix`, after `after`, in ascending order.
+    fn list(
+        &self,
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<LockInfo>, BackendError>> + Send;
+
+    /// The TTL range this backend grants.
+    fn ttl_bounds(&self) -> TtlBounds;
+
+    /// A line for `/readyz` when the backend is not fully serving (e.g.
+    /// recovering after a crash), or `None`.
+    fn degraded(&self) -> Option<String>;
+
+    /// Stops serving: refuses new calls with UNAVAILABLE and answers every
+    /// waiter with UNAVAILABLE. Called first on graceful shutdown.
+    fn close(&self);
+
+    /// Final step of graceful shutdown, after in-flight calls have finished
+    /// (the memory backend writes its snapshot here).
+    fn shutdown(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+}

@@ -1,0 +1,176 @@
+//! [`Config`]: every setting of `turnstiled`, as flags with `TURNSTILE_*`
+//! environment variables, and [`Config::validate`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// turnstiled: a lock coordinator handing out expiring leases with fencing
+/// tokens over gRPC. Every flag can also be set with the environment variable
+/// named beside it.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "turnstiled", version)]
+pub struct Config {
+    /// gRPC address to listen on (LockService, health, reflection). Port 0 picks a free port.
+    #[arg(long, env = "TURNSTILE_LISTEN", default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+
+    /// HTTP address for /metrics (Prometheus), /healthz and /readyz. Port 0 picks a free port.
+    #[arg(long, env = "TURNSTILE_HTTP_LISTEN", default_value = "127.0.0.1:7701")]
+    pub http_listen: SocketAddr,
+
+    /// Directory for the restart state of the memory backend (token block, lease
+    /// horizon, shutdown snapshot); created if missing. An empty value runs without
+    /// state: then mutual exclusion and fencing hold only within one process lifetime.
+    #[arg(long, env = "TURNSTILE_DATA_DIR", default_value = "./turnstile-data")]
+    pub data_dir: PathBuf,
+
+    /// TTL granted when a request leaves it unset.
+    #[arg(long, env = "TURNSTILE_DEFAULT_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub default_ttl: Duration,
+
+    /// Shortest TTL granted; shorter requests are raised to it.
+    #[arg(long, env = "TURNSTILE_MIN_TTL", default_value = "100ms", value_parser = parse_duration)]
+    pub min_ttl: Duration,
+
+    /// Longest TTL granted; longer requests are lowered to it.
+    #[arg(long, env = "TURNSTILE_MAX_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub max_ttl: Duration,
+
+    /// Longest time an Acquire waits in a queue; longer wait_timeouts are lowered to it.
+    #[arg(long, env = "TURNSTILE_MAX_WAIT", default_value = "5m", value_parser = parse_duration)]
+    pub max_wait: Duration,
+
+    /// Waiters one key may queue; one more gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TURNSTILE_MAX_WAITERS_PER_KEY", default_value_t = 10_000)]
+    pub max_waiters_per_key: usize,
+
+    /// Leases held at once across all keys; one more gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TURNSTILE_MAX_LEASES", default_value_t = 10_000_000)]
+    pub max_leases: usize,
+
+    /// Largest result a Release may hand to sharing waiters; larger gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TURNSTILE_MAX_RESULT_BYTES", default_value_t = 1024 * 1024)]
+    pub max_result_bytes: usize,
+
+    /// Lock-table shards of the memory backend (each behind its own mutex, with its own expiry timer).
+    #[arg(long, env = "TURNSTILE_SHARDS", default_value_t = 64)]
+    pub shards: usize,
+
+    /// Fencing tokens reserved per write of the state file.
+    #[arg(long, env = "TURNSTILE_TOKEN_BLOCK", default_value_t = 1_000_000, hide_short_help = true)]
+    pub token_block: u64,
+
+    /// How far beyond a new lease expiry the persisted lease horizon is pushed.
+    #[arg(long, env = "TURNSTILE_HORIZON_STEP", default_value = "10s", value_parser = parse_duration, hide_short_help = true)]
+    pub horizon_step: Duration,
+
+    /// Log format.
+    #[arg(long, env = "TURNSTILE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `turnstile_server=debug`).
+    #[arg(long, env = "TURNSTILE_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// A setting that makes no sense, named by its flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--{flag}: {reason}")]
+pub struct ConfigError {
+    /// The flag, without dashes.
+    pub flag: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl Config {
+    /// Checks that the settings fit together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |flag, reason: &str| Err(ConfigError { flag, reason: reason.to_owned() });
+        if self.min_ttl.is_zero() {
+            return err("min-ttl", "must be greater than zero");
+        }
+        if self.min_ttl > self.max_ttl {
+            return err("min-ttl", "must not exceed --max-ttl");
+        }
+        if self.default_ttl < self.min_ttl || self.default_ttl > self.max_ttl {
+            return err("default-ttl", "must lie between --min-ttl and --max-ttl");
+        }
+        if self.max_waiters_per_key == 0 {
+            return err("max-waiters-per-key", "must be at least 1");
+        }
+        if self.max_leases == 0 {
+            return err("max-leases", "must be at least 1");
+        }
+        if self.shards == 0 || self.shards > 4096 {
+            return err("shards", "must be between 1 and 4096");
+        }
+        if self.token_block == 0 {
+            return err("token-block", "must be at least 1");
+        }
+        if self.max_result_bytes > 64 * 1024 * 1024 {
+            return err("max-result-bytes", "must be at most 64 MiB (it must fit in one gRPC message)");
+        }
+        Ok(())
+    }
+
+    /// The data dir, or `None` when state is disabled with `--data-dir ''`.
+    pub fn state_dir(&self) -> Option<&std::path::Path> {
+        (!self.data_dir.as_os_str().is_empty()).then_some(self.data_dir.as_path())
+    }
+}
+
+/// Parses `500ms`, `15s`, `1m`, `1h30m`, as humantime does.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 15s, 1m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("turnstiled").chain(args.iter().copied())).expect("parses")
+    }
+
+    #[test]
+    fn defaults_match_design_md() {
+        let c = parse(&[]);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7700");
+        assert_eq!(c.http_listen.to_string(), "127.0.0.1:7701");
+        assert_eq!(c.default_ttl, Duration::from_secs(15));
+        assert_eq!(c.min_ttl, Duration::from_millis(100));
+        assert_eq!(c.max_ttl, Duration::from_secs(3600));
+        assert_eq!(c.max_wait, Duration::from_secs(300));
+        assert_eq!(c.max_waiters_per_key, 10_000);
+        assert_eq!(c.max_leases, 10_000_000);
+        assert_eq!(c.max_result_bytes, 1 << 20);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn validate_names_the_flag_at_fault() {
+        let c = parse(&["--min-ttl", "2s", "--max-ttl", "1s"]);
+        assert_eq!(c.validate().unwrap_err().flag, "min-ttl");
+        let c = parse(&["--default-ttl", "2h"]);
+        assert_eq!(c.validate().unwrap_err().flag, "default-ttl");
+    }
+
+    #[test]
+    fn empty_data_dir_disables_state() {
+        assert!(parse(&["--data-dir", ""]).state_dir().is_none());
+        assert!(parse(&[]).state_dir().is_some());
+    }
+}

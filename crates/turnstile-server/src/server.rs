@@ -1,0 +1,156 @@
+//! [`run`]: serves gRPC (LockService, health, reflection) and HTTP (metrics,
+//! health probes) on given listeners until `shutdown` completes, then shuts
+//! down gracefully: health NOT_SERVING, waiters answered UNAVAILABLE, new
+//! calls refused, in-flight calls finished, backend state saved.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use turnstile_proto::v1::lock_service_server::LockServiceServer;
+
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::error::BackendError;
+use crate::service::LockServiceImpl;
+use crate::telemetry::Metrics;
+use crate::validate::Limits;
+
+/// How long graceful shutdown waits for in-flight calls.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The gRPC transport failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection descriptors could not be loaded.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Http(#[from] std::io::Error),
+    /// The backend failed to shut down cleanly (e.g. the snapshot was not written).
+    #[error("backend shutdown: {0}")]
+    Backend(#[from] BackendError),
+}
+
+/// State behind the HTTP endpoints.
+struct Http<B> {
+    backend: Arc<B>,
+    metrics: Arc<Metrics>,
+    leases_held: Box<dyn Fn() -> Option<usize> + Send + Sync>,
+    serving: AtomicBool,
+}
+
+/// Serves until `shutdown` completes, then shuts down gracefully.
+/// `leases_held` feeds the `turnstile_leases_held` gauge where the backend knows it.
+pub async fn run<B: Backend>(
+    backend: Arc<B>,
+    config: &Config,
+    metrics: Arc<Metrics>,
+    leases_held: Box<dyn Fn() -> Option<usize> + Send + Sync>,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let limits = Limits {
+        default_ttl: config.default_ttl,
+        ttl: backend.ttl_bounds(),
+        max_wait: config.max_wait,
+        max_result_bytes: config.max_result_bytes,
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<LockServiceServer<LockServiceImpl<B>>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(turnstile_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let lock_service = LockServiceServer::new(LockServiceImpl::new(backend.clone(), limits, metrics.clone()))
+        // Room for the largest result plus the rest of the request.
+        .max_decoding_message_size(config.max_result_bytes + 64 * 1024);
+
+    let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(lock_service)
+        .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), async {
+            let _ = grpc_stopped.await;
+        });
+    let mut grpc_task = tokio::spawn(grpc_server);
+
+    let state = Arc::new(Http { backend: backend.clone(), metrics, leases_held, serving: AtomicBool::new(true) });
+    let router = Router::new()
+        .route("/metrics", get(metrics_handler::<B>))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready_handler::<B>))
+        .with_state(state.clone());
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, router)
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .await
+    });
+
+    tokio::select! {
+        () = shutdown => {}
+        res = &mut grpc_task => {
+            // The gRPC server ended on its own: an error.
+            return match res {
+                Ok(r) => r.map_err(ServeError::from),
+                Err(e) => Err(ServeError::Http(std::io::Error::other(e))),
+            };
+        }
+    }
+    tracing::info!("shutting down: refusing new calls, answering waiters, finishing in-flight calls");
+    state.serving.store(false, Ordering::Release);
+    health.set_not_serving::<LockServiceServer<LockServiceImpl<B>>>().await;
+    backend.close();
+    let _ = stop_grpc.send(());
+    match tokio::time::timeout(DRAIN_TIMEOUT, &mut grpc_task).await {
+        Ok(Ok(res)) => res?,
+        Ok(Err(e)) => return Err(ServeError::Http(std::io::Error::other(e))),
+        Err(_) => {
+            tracing::warn!("in-flight calls did not finish within {DRAIN_TIMEOUT:?}; stopping anyway");
+            grpc_task.abort();
+        }
+    }
+    backend.shutdown().await?;
+    let _ = stop_http.send(());
+    if let Ok(Err(e)) = http_task.await {
+        return Err(ServeError::Http(e));
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn metrics_handler<B: Backend>(State(s): State<Arc<Http<B>>>) -> String {
+    if let Some(n) = (s.leases_held)() {
+        s.metrics.leases_held.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    s.metrics.encode()
+}
+
+async fn ready_handler<B: Backend>(State(s): State<Arc<Http<B>>>) -> (StatusCode, String) {
+    if !s.serving.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+    }
+    match s.backend.degraded() {
+        // Still ready: reads and renews are answered, waiters queue.
+        Some(why) => (StatusCode::OK, format!("ready, {why}\n")),
+        None => (StatusCode::OK, "ready\n".into()),
+    }
+}
