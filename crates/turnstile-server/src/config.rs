@@ -20,7 +20,7 @@ pub enum LogFormat {
 /// tokens over gRPC. Every flag can also be set with the environment variable
 /// named beside it.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "turnstiled", version)]
+#[command(name = "turnstiled", version, args_override_self = true)]
 pub struct Config {
     /// gRPC address to listen on (LockService, health, reflection). Port 0 picks a free port.
     #[arg(long, env = "TURNSTILE_LISTEN", default_value = "127.0.0.1:7700")]
@@ -33,7 +33,7 @@ pub struct Config {
     /// Directory for the restart state of the memory backend (token block, lease
     /// horizon, shutdown snapshot); created if missing. An empty value runs without
     /// state: then mutual exclusion and fencing hold only within one process lifetime.
-    #[arg(long, env = "TURNSTILE_DATA_DIR", default_value = "./turnstile-data")]
+    #[arg(long, env = "TURNSTILE_DATA_DIR", default_value = "./turnstile-data", value_parser = parse_data_dir)]
     pub data_dir: PathBuf,
 
     /// TTL granted when a request leaves it unset.
@@ -132,6 +132,12 @@ impl Config {
     }
 }
 
+/// A data dir path; unlike clap's `PathBuf` parser this accepts the empty
+/// value that disables state.
+fn parse_data_dir(s: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(s))
+}
+
 /// Parses `500ms`, `15s`, `1m`, `1h30m`, as humantime does.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 15s, 1m)"))
@@ -171,6 +177,7 @@ mod tests {
     #[test]
     fn empty_data_dir_disables_state() {
         assert!(parse(&["--data-dir", ""]).state_dir().is_none());
+        assert!(parse(&["--data-dir="]).state_dir().is_none());
         assert!(parse(&[]).state_dir().is_some());
     }
 }
