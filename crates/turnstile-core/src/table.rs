@@ -94,6 +94,7 @@ struct Waiter<W> {
 struct KeyState<W> {
     holder: Option<Holder>,
     /// Boxed so that a key without waiters (the common case) costs one word.
+    #[allow(clippy::box_collection, reason = "one word instead of four for every key without waiters")]
     waiters: Option<Box<VecDeque<Waiter<W>>>>,
 }
 
@@ -138,7 +139,8 @@ pub struct LockTable<W> {
     next_waiter: u64,
     /// After a crash: no grant before this instant (see [`LockTable::hold_grants_until`]).
     grants_resume_at: Option<Time>,
-    /// Keys that queued waiters while grants were held back.
+    /// Keys whose queue could not be served: grants were held back, or every
+    /// lease allowed was in use. Served again when that changes.
     pending: Vec<Arc<str>>,
     fired: Vec<Timer>,
 }
@@ -226,7 +228,7 @@ impl<W> LockTable<W> {
         self.settle(key, now);
         let not_found = || CoreError::LeaseNotFound { key: key.to_owned(), token };
         let Some((k, state)) = self.keys.get_key_value(key) else { return Err(not_found()) };
-        if !state.holder.as_ref().is_some_and(|h| h.token == token) {
+        if state.holder.as_ref().is_none_or(|h| h.token != token) {
             return Err(not_found());
         }
         let k = k.clone();
@@ -243,7 +245,7 @@ impl<W> LockTable<W> {
     pub fn release(&mut self, key: &str, token: u64, result: Option<Arc<[u8]>>, now: Time) -> bool {
         self.settle(key, now);
         let Some(state) = self.keys.get_mut(key) else { return false };
-        if !state.holder.as_ref().is_some_and(|h| h.token == token) {
+        if state.holder.as_ref().is_none_or(|h| h.token != token) {
             return false;
         }
         state.holder = None;
@@ -261,6 +263,7 @@ impl<W> LockTable<W> {
         }
         let key = self.key_arc(key);
         self.grant_next(&key, now);
+        self.serve_pending(now);
         true
     }
 
@@ -283,10 +286,8 @@ impl<W> LockTable<W> {
     pub fn tick(&mut self, now: Time) {
         if self.grants_resume_at.is_some_and(|t| t <= now) {
             self.grants_resume_at = None;
-            for key in std::mem::take(&mut self.pending) {
-                self.grant_next(&key, now);
-            }
         }
+        self.serve_pending(now);
         let mut fired = std::mem::take(&mut self.fired);
         self.wheel.advance(now, &mut fired);
         for timer in fired.drain(..) {
@@ -443,6 +444,27 @@ impl<W> LockTable<W> {
             self.effects.push(Effect::Expired { lease: lease_of(key, &h) });
         }
         self.grant_next(key, now);
+        self.serve_pending(now);
+    }
+
+    /// Serves the keys left in `pending`, oldest first, while grants are
+    /// allowed and leases are available. A key still blocked goes back.
+    fn serve_pending(&mut self, now: Time) {
+        if self.pending.is_empty()
+            || self.recovering(now).is_some()
+            || self.counters.held_leases() >= self.config.max_leases
+        {
+            return;
+        }
+        let mut keys = std::mem::take(&mut self.pending).into_iter();
+        for key in keys.by_ref() {
+            if self.counters.held_leases() >= self.config.max_leases {
+                self.pending.push(key);
+                break;
+            }
+            self.grant_next(&key, now);
+        }
+        self.pending.extend(keys);
     }
 
     fn time_out_waiter(&mut self, key: &Arc<str>, id: u64, now: Time) {
@@ -458,9 +480,14 @@ impl<W> LockTable<W> {
 
     /// Serves the queue of a key that has no holder: waiters past their
     /// deadline time out, the first live one is granted. Drops the key when
-    /// nothing is left of it.
+    /// nothing is left of it. A queue that cannot be served now (grants held
+    /// back, or no lease available) is noted in `pending`.
     fn grant_next(&mut self, key: &Arc<str>, now: Time) {
-        if self.recovering(now).is_none() {
+        if self.recovering(now).is_some() {
+            if self.keys.get(&**key).is_some_and(|s| s.holder.is_none() && s.waiter_count() > 0) {
+                self.pending.push(key.clone());
+            }
+        } else {
             while let Some(state) = self.keys.get_mut(&**key) {
                 if state.holder.is_some() {
                     break;
@@ -476,6 +503,7 @@ impl<W> LockTable<W> {
                     if let Some(q) = state.waiters.as_mut() {
                         q.push_front(w);
                     }
+                    self.pending.push(key.clone());
                     break;
                 }
                 let holder = self.new_holder(w.owner, w.ttl, now);

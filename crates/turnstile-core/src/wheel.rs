@@ -78,21 +78,25 @@ impl Wheel {
     /// The earliest instant at which [`Wheel::advance`] may fire a timer: the
     /// earliest due time in the first non-empty slot, or that slot's start if
     /// it only holds timers of a later revolution (an early wake-up that
-    /// fires nothing, at most once per slot and revolution).
+    /// fires nothing, at most once per slot and revolution). The cursor's own
+    /// slot has started already, so its later-revolution timers are looked
+    /// for one revolution on (`i == SLOTS`): the answer is always after the
+    /// last advance, and a host ticking at it makes progress.
     pub(crate) fn next_deadline(&self) -> Option<Time> {
         if self.len == 0 {
             return None;
         }
-        for i in 0..SLOTS as u64 {
+        for i in 0..=SLOTS as u64 {
             let abs = self.cursor + i;
             let slot = &self.slots[slot_index(abs)];
             if let Some(earliest) = slot.iter().map(|t| t.at).min() {
                 let slot_end = Time::from_nanos((abs + 1).saturating_mul(SLOT_NANOS));
-                return Some(if earliest < slot_end {
-                    earliest
-                } else {
-                    Time::from_nanos(abs.saturating_mul(SLOT_NANOS))
-                });
+                if earliest < slot_end {
+                    return Some(earliest);
+                }
+                if i > 0 {
+                    return Some(Time::from_nanos(abs.saturating_mul(SLOT_NANOS)));
+                }
             }
         }
         None
@@ -183,6 +187,25 @@ mod tests {
         w.insert(timer(50, 7));
         assert_eq!(w.next_deadline(), Some(Time::from_millis(50)));
         assert_eq!(fire(&mut w, 100), vec![7]);
+    }
+
+    #[test]
+    fn next_deadline_moves_past_the_current_slot_when_it_only_holds_later_rounds() {
+        let mut w = Wheel::new(Time::ZERO);
+        w.insert(timer(10 + 2 * SLOTS as u64, 1)); // slot 10, two revolutions on
+        let mut wakes = Vec::new();
+        while let Some(d) = w.next_deadline() {
+            assert!(wakes.last().is_none_or(|last| d > *last), "no progress at {d:?}");
+            wakes.push(d);
+            let mut out = Vec::new();
+            w.advance(d, &mut out);
+            if !out.is_empty() {
+                break;
+            }
+        }
+        let ms: Vec<u64> = wakes.iter().map(|t| t.as_nanos() / SLOT_NANOS).collect();
+        assert_eq!(ms, vec![10, 10 + SLOTS as u64, 10 + 2 * SLOTS as u64]);
+        assert_eq!(w.len(), 0);
     }
 
     #[test]
