@@ -1,0 +1,191 @@
+//! Operational behaviour of `turnstiled` as a process: health and
+//! reflection on the gRPC port, the HTTP endpoints, graceful shutdown, and
+//! start-up refusals. Memory backend; real processes on free ports.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use tonic::Code;
+use turnstile_proto::v1::{self, lock_service_client::LockServiceClient};
+use turnstile_testkit::{TempDir, Turnstiled};
+
+fn acquire(key: &str, owner: &str, wait_secs: i64) -> v1::AcquireRequest {
+    v1::AcquireRequest {
+        key: key.into(),
+        owner: owner.into(),
+        ttl: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+        wait_timeout: Some(prost_types::Duration { seconds: wait_secs, nanos: 0 }),
+        share_result: false,
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns (status code, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect http");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test]
+async fn health_reports_serving_for_the_server_and_the_lock_service() {
+    let node = Turnstiled::start(["--data-dir", ""]);
+    let ch = tonic::transport::Endpoint::from_shared(node.url()).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+    for service in ["", "turnstile.v1.LockService"] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest { service: service.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status(), tonic_health::pb::health_check_response::ServingStatus::Serving, "{service:?}");
+    }
+}
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_both_list_the_lock_service() {
+    let node = Turnstiled::start(["--data-dir", ""]);
+    let ch = tonic::transport::Endpoint::from_shared(node.url()).unwrap().connect().await.unwrap();
+    let v1_services = reflection::list_v1(ch.clone()).await;
+    assert!(v1_services.contains(&"turnstile.v1.LockService".to_owned()), "{v1_services:?}");
+    let alpha_services = reflection::list_v1alpha(ch).await;
+    assert!(alpha_services.contains(&"turnstile.v1.LockService".to_owned()), "{alpha_services:?}");
+    assert!(alpha_services.contains(&"grpc.health.v1.Health".to_owned()), "{alpha_services:?}");
+}
+
+#[test]
+fn http_serves_metrics_healthz_and_readyz() {
+    let node = Turnstiled::start(["--data-dir", ""]);
+    assert_eq!(http_get(node.http, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(http_get(node.http, "/readyz"), (200, "ready\n".into()));
+    let (code, body) = http_get(node.http, "/metrics");
+    assert_eq!(code, 200);
+    assert!(body.contains("turnstile_acquire_total{outcome=\"acquired\"} 0"), "{body}");
+    assert!(body.contains("turnstile_leases_held 0"), "{body}");
+}
+
+#[tokio::test]
+async fn metrics_count_grants_and_refusals() {
+    let node = Turnstiled::start(["--data-dir", ""]);
+    let mut c = LockServiceClient::connect(node.url()).await.unwrap();
+    assert!(c.acquire(acquire("m", "a", 0)).await.unwrap().into_inner().acquired);
+    assert!(!c.acquire(acquire("m", "b", 0)).await.unwrap().into_inner().acquired);
+    let _ = c.acquire(acquire("", "b", 0)).await.unwrap_err();
+    let body = http_get(node.http, "/metrics").1;
+    assert!(body.contains("turnstile_acquire_total{outcome=\"acquired\"} 1"), "{body}");
+    assert!(body.contains("turnstile_acquire_total{outcome=\"contended\"} 1"), "{body}");
+    assert!(body.contains("turnstile_errors_total{rpc=\"Acquire\",code=\"InvalidArgument\"} 1"), "{body}");
+    assert!(body.contains("turnstile_leases_held 1"), "{body}");
+}
+
+#[tokio::test]
+async fn sigterm_answers_parked_waiters_unavailable_and_exits_zero() {
+    let dir = TempDir::new("ops-sigterm");
+    let node = Turnstiled::start(["--data-dir", dir.path().to_str().unwrap()]);
+    let mut c = LockServiceClient::connect(node.url()).await.unwrap();
+    assert!(c.acquire(acquire("busy", "holder", 0)).await.unwrap().into_inner().acquired);
+    let mut wc = c.clone();
+    let waiter = tokio::spawn(async move { wc.acquire(acquire("busy", "waiter", 60)).await });
+    // Wait until the waiter is parked (poll with a deadline).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.get_lock(v1::GetLockRequest { key: "busy".into() }).await.unwrap().into_inner().waiters != 1 {
+        assert!(std::time::Instant::now() < deadline, "waiter never parked");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, log) = tokio::task::spawn_blocking(move || node.terminate()).await.unwrap();
+    assert!(status.success(), "exit 0 on SIGTERM: {status}\n{log}");
+    let err = waiter.await.unwrap().expect_err("a parked waiter is answered, not granted");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(dir.path().join("snapshot.jsonl").exists(), "the lease table was saved");
+}
+
+#[test]
+fn a_corrupt_state_file_stops_start_up() {
+    let dir = TempDir::new("ops-corrupt");
+    std::fs::write(dir.path().join("state.json"), b"{\"version\":1,\"generation\":").unwrap();
+    let err = Turnstiled::try_start(["--data-dir", dir.path().to_str().unwrap()]).expect_err("must refuse");
+    assert!(err.contains("corrupt"), "{err}");
+    assert!(!err.contains("exit status: 0"), "{err}");
+}
+
+#[test]
+fn running_without_state_says_so_loudly() {
+    let node = Turnstiled::start(["--data-dir", "", "--log", "warn"]);
+    let (status, log) = node.terminate();
+    assert!(status.success());
+    assert!(log.contains("WITHOUT a data dir") && log.contains("G1") && log.contains("G2"), "{log}");
+}
+
+#[test]
+fn invalid_settings_are_refused_naming_the_flag() {
+    let err = Turnstiled::try_start(["--data-dir", "", "--min-ttl", "5s", "--max-ttl", "1s"]).expect_err("refused");
+    assert!(err.contains("--min-ttl"), "{err}");
+}
+
+#[tokio::test]
+async fn readyz_says_when_grants_wait_for_crash_recovery() {
+    let dir = TempDir::new("ops-recovery");
+    let path = dir.path().to_str().unwrap().to_owned();
+    let node = Turnstiled::start(["--data-dir", &path]);
+    let mut c = LockServiceClient::connect(node.url()).await.unwrap();
+    assert!(c.acquire(acquire("k", "holder", 0)).await.unwrap().into_inner().acquired);
+    node.kill();
+    let node = Turnstiled::start(["--data-dir", &path]);
+    let (code, body) = http_get(node.http, "/readyz");
+    assert_eq!(code, 200, "reads and renews are served while recovering");
+    assert!(body.contains("recovering") && body.contains(" s"), "{body}");
+}
+
+/// Reflection clients: list services over each protocol version.
+mod reflection {
+    pub(crate) use inner::{list_v1, list_v1alpha};
+
+    mod inner {
+        use tonic::transport::Channel;
+
+        /// Lists services through `grpc.reflection.v1`.
+        pub(crate) async fn list_v1(ch: Channel) -> Vec<String> {
+            use tonic_reflection::pb::v1::{
+                server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+                server_reflection_response::MessageResponse, ServerReflectionRequest,
+            };
+            let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+            let mut stream = ServerReflectionClient::new(ch)
+                .server_reflection_info(once_stream(req))
+                .await
+                .expect("reflection v1")
+                .into_inner();
+            match stream.message().await.expect("answer").and_then(|r| r.message_response) {
+                Some(MessageResponse::ListServicesResponse(l)) => l.service.into_iter().map(|s| s.name).collect(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        /// Lists services through `grpc.reflection.v1alpha` (what grpcurl 1.8 speaks).
+        pub(crate) async fn list_v1alpha(ch: Channel) -> Vec<String> {
+            use tonic_reflection::pb::v1alpha::{
+                server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+                server_reflection_response::MessageResponse, ServerReflectionRequest,
+            };
+            let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+            let mut stream = ServerReflectionClient::new(ch)
+                .server_reflection_info(once_stream(req))
+                .await
+                .expect("reflection v1alpha")
+                .into_inner();
+            match stream.message().await.expect("answer").and_then(|r| r.message_response) {
+                Some(MessageResponse::ListServicesResponse(l)) => l.service.into_iter().map(|s| s.name).collect(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        /// A one-item request stream.
+        fn once_stream<T: Send + 'static>(item: T) -> impl tokio_stream::Stream<Item = T> + Send + 'static {
+            tokio_stream::once(item)
+        }
+    }
+}
