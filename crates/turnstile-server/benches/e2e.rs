@@ -184,7 +184,9 @@ async fn drive(addr: SocketAddr) -> Figures {
 }
 
 async fn cycles() {
-    println!("== cycles: acquire+release, {CONCURRENCY} concurrent callers over {CONNECTIONS} connections, {RUN:?} each");
+    println!(
+        "== cycles: acquire+release, {CONCURRENCY} concurrent callers over {CONNECTIONS} connections, {RUN:?} each"
+    );
     let null = spawn_null();
     let base = drive(null.1).await;
     drop(null);
@@ -192,9 +194,17 @@ async fn cycles() {
     let ts = drive(node.grpc).await;
     drop(node);
     for (name, f) in [("do-nothing gRPC service", &base), ("turnstiled (memory)", &ts)] {
-        println!("{name:<26} {:>9.0} cycles/s   p50 {:>7.3} ms   p99 {:>7.3} ms", f.cycles_per_sec, ms(f.p50), ms(f.p99));
+        println!(
+            "{name:<26} {:>9.0} cycles/s   p50 {:>7.3} ms   p99 {:>7.3} ms",
+            f.cycles_per_sec,
+            ms(f.p50),
+            ms(f.p99)
+        );
     }
-    println!("turnstiled costs {:.1} % over the do-nothing service", (1.0 - ts.cycles_per_sec / base.cycles_per_sec) * 100.0);
+    println!(
+        "turnstiled costs {:.1} % over the do-nothing service",
+        (1.0 - ts.cycles_per_sec / base.cycles_per_sec) * 100.0
+    );
 }
 
 /// Two clients alternate on one key: the holder releases while the other

@@ -37,11 +37,8 @@ async fn health_reports_serving_for_the_server_and_the_lock_service() {
     let ch = tonic::transport::Endpoint::from_shared(node.url()).unwrap().connect().await.unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
     for service in ["", "turnstile.v1.LockService"] {
-        let r = health
-            .check(tonic_health::pb::HealthCheckRequest { service: service.into() })
-            .await
-            .unwrap()
-            .into_inner();
+        let r =
+            health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
         assert_eq!(r.status(), tonic_health::pb::health_check_response::ServingStatus::Serving, "{service:?}");
     }
 }
@@ -153,7 +150,10 @@ mod reflection {
                 server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
                 server_reflection_response::MessageResponse, ServerReflectionRequest,
             };
-            let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+            let req = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
             let mut stream = ServerReflectionClient::new(ch)
                 .server_reflection_info(once_stream(req))
                 .await
@@ -171,7 +171,10 @@ mod reflection {
                 server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
                 server_reflection_response::MessageResponse, ServerReflectionRequest,
             };
-            let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+            let req = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
             let mut stream = ServerReflectionClient::new(ch)
                 .server_reflection_info(once_stream(req))
                 .await
