@@ -139,56 +139,33 @@ async fn readyz_says_when_grants_wait_for_crash_recovery() {
 
 /// Reflection clients: list services over each protocol version.
 mod reflection {
-    pub(crate) use inner::{list_v1, list_v1alpha};
+    use tonic::transport::Channel;
 
-    mod inner {
-        use tonic::transport::Channel;
-
-        /// Lists services through `grpc.reflection.v1`.
-        pub(crate) async fn list_v1(ch: Channel) -> Vec<String> {
-            use tonic_reflection::pb::v1::{
-                server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
-                server_reflection_response::MessageResponse, ServerReflectionRequest,
-            };
-            let req = ServerReflectionRequest {
-                host: String::new(),
-                message_request: Some(MessageRequest::ListServices(String::new())),
-            };
-            let mut stream = ServerReflectionClient::new(ch)
-                .server_reflection_info(once_stream(req))
-                .await
-                .expect("reflection v1")
-                .into_inner();
-            match stream.message().await.expect("answer").and_then(|r| r.message_response) {
-                Some(MessageResponse::ListServicesResponse(l)) => l.service.into_iter().map(|s| s.name).collect(),
-                other => panic!("unexpected {other:?}"),
+    /// One list-services function per reflection version: the generated
+    /// types differ, the exchange is the same.
+    macro_rules! list_services {
+        ($name:ident, $pb:path) => {
+            pub(crate) async fn $name(ch: Channel) -> Vec<String> {
+                use pb::server_reflection_request::MessageRequest;
+                use pb::server_reflection_response::MessageResponse;
+                use $pb as pb;
+                let req = pb::ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(MessageRequest::ListServices(String::new())),
+                };
+                let mut stream = pb::server_reflection_client::ServerReflectionClient::new(ch)
+                    .server_reflection_info(tokio_stream::once(req))
+                    .await
+                    .expect(stringify!($name))
+                    .into_inner();
+                match stream.message().await.expect("answer").and_then(|r| r.message_response) {
+                    Some(MessageResponse::ListServicesResponse(l)) => l.service.into_iter().map(|s| s.name).collect(),
+                    other => panic!("unexpected {other:?}"),
+                }
             }
-        }
-
-        /// Lists services through `grpc.reflection.v1alpha` (what grpcurl 1.8 speaks).
-        pub(crate) async fn list_v1alpha(ch: Channel) -> Vec<String> {
-            use tonic_reflection::pb::v1alpha::{
-                server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
-                server_reflection_response::MessageResponse, ServerReflectionRequest,
-            };
-            let req = ServerReflectionRequest {
-                host: String::new(),
-                message_request: Some(MessageRequest::ListServices(String::new())),
-            };
-            let mut stream = ServerReflectionClient::new(ch)
-                .server_reflection_info(once_stream(req))
-                .await
-                .expect("reflection v1alpha")
-                .into_inner();
-            match stream.message().await.expect("answer").and_then(|r| r.message_response) {
-                Some(MessageResponse::ListServicesResponse(l)) => l.service.into_iter().map(|s| s.name).collect(),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-
-        /// A one-item request stream.
-        fn once_stream<T: Send + 'static>(item: T) -> impl tokio_stream::Stream<Item = T> + Send + 'static {
-            tokio_stream::once(item)
-        }
+        };
     }
+
+    list_services!(list_v1, tonic_reflection::pb::v1);
+    list_services!(list_v1alpha, tonic_reflection::pb::v1alpha);
 }
