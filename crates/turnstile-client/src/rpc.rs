@@ -1,0 +1,145 @@
+//! [`Inner`]: what a client holds (the gRPC stub, settings, credentials),
+//! and the one place where RPCs are sent: timeouts, the bearer token, and
+//! retries after a lost connection.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use turnstile_proto::v1::{self, lock_service_client::LockServiceClient};
+
+use crate::error::{is_transport, Error};
+use crate::schedule::backoff;
+
+/// What a [`Client`](crate::Client) holds, shared with the renewal tasks of its guards.
+pub(crate) struct Inner {
+    rpc: LockServiceClient<Channel>,
+    /// The owner prefix; each acquisition sends `{owner}/{n}`.
+    pub(crate) owner: String,
+    seq: AtomicU64,
+    /// The TTL asked for on every acquisition.
+    pub(crate) ttl: Duration,
+    /// How long one call may take beyond the time it waits for a lock.
+    pub(crate) call_timeout: Duration,
+    auth: Option<MetadataValue<Ascii>>,
+}
+
+/// Which failures a call retries (always with backoff, within its deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Nothing: the caller retries itself (the acquire loop, which asks anew
+    /// with the wait left).
+    Never,
+    /// Only failures to reach the coordinator at all (a try-lock: the
+    /// coordinator's own UNAVAILABLE, e.g. recovering, is answered at once).
+    Transport,
+    /// Failures to reach the coordinator, and UNAVAILABLE sent by it
+    /// (shutting down, recovering).
+    Unavailable,
+}
+
+impl Inner {
+    /// A client state over `channel`; `owner` is the prefix of every owner sent.
+    pub(crate) fn new(
+        channel: Channel,
+        owner: String,
+        ttl: Duration,
+        call_timeout: Duration,
+        auth: Option<MetadataValue<Ascii>>,
+    ) -> Inner {
+        Inner { rpc: LockServiceClient::new(channel), owner, seq: AtomicU64::new(0), ttl, call_timeout, auth }
+    }
+
+    /// A fresh owner string for one acquisition. Each acquisition has its own,
+    /// because an Acquire by the owner that holds the key returns that same
+    /// lease: two tasks sharing a client must not share an owner.
+    pub(crate) fn next_owner(&self) -> String {
+        format!("{}/{}", self.owner, self.seq.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// Sends one RPC, retrying the failures `retry` names with backoff until
+    /// `deadline`. Every attempt carries the time left as its gRPC timeout and
+    /// is cut off client-side at the deadline too.
+    pub(crate) async fn call<T, R, F, Fut>(
+        &self,
+        operation: &'static str,
+        msg: T,
+        deadline: Instant,
+        retry: Retry,
+        send: F,
+    ) -> Result<R, Error>
+    where
+        T: Clone,
+        F: Fn(LockServiceClient<Channel>, Request<T>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        let budget = deadline.saturating_duration_since(Instant::now());
+        let mut attempt = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout { operation, after: budget });
+            }
+            let req = self.request(msg.clone(), left);
+            let status = match tokio::time::timeout(left, send(self.rpc.clone(), req)).await {
+                Err(_) => return Err(Error::Timeout { operation, after: budget }),
+                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Err(status)) => status,
+            };
+            let retryable =
+                retry == Retry::Unavailable && (is_transport(&status) || status.code() == tonic::Code::Unavailable);
+            let pause = backoff(attempt);
+            if !retryable || Instant::now() + pause >= deadline {
+                return Err(Error::from_status(status));
+            }
+            tokio::time::sleep(pause).await;
+            attempt += 1;
+        }
+    }
+
+    /// A request with its timeout and credentials.
+    fn request<T>(&self, msg: T, timeout: Duration) -> Request<T> {
+        let mut req = Request::new(msg);
+        req.set_timeout(timeout);
+        if let Some(auth) = &self.auth {
+            req.metadata_mut().insert("authorization", auth.clone());
+        }
+        req
+    }
+
+    /// Ends the lease `(key, token)`, optionally handing `result` to sharing
+    /// waiters. `Ok(false)`: it had already ended.
+    pub(crate) async fn release(&self, key: &str, token: u64, result: Option<Vec<u8>>) -> Result<bool, Error> {
+        let msg = v1::ReleaseRequest { key: key.to_owned(), fencing_token: token, result };
+        let deadline = Instant::now() + self.call_timeout;
+        let attempts = AtomicU64::new(0);
+        let resp = self
+            .call("Release", msg, deadline, Retry::Unavailable, |mut c, r| {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                async move { c.release(r).await }
+            })
+            .await?;
+        // `released: false` after a retry most likely means that the attempt
+        // whose answer was lost did the release: not a lost lease.
+        Ok(resp.released || attempts.load(Ordering::Relaxed) > 1)
+    }
+
+    /// Extends the lease `(key, token)` by one attempt bounded by `timeout`;
+    /// returns the TTL granted.
+    pub(crate) async fn renew_once(&self, key: &str, token: u64, timeout: Duration) -> Result<Duration, Status> {
+        let msg = v1::RenewRequest { key: key.to_owned(), fencing_token: token, ttl: None };
+        let req = self.request(msg, timeout);
+        let mut rpc = self.rpc.clone();
+        let resp = match tokio::time::timeout(timeout, rpc.renew(req)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(Status::deadline_exceeded("renew timed out")),
+        };
+        resp.into_inner()
+            .lease
+            .and_then(|l| crate::info::duration(l.ttl))
+            .ok_or_else(|| Status::internal("renew answered without a lease ttl"))
+    }
+}

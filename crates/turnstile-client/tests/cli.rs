@@ -1,0 +1,279 @@
+//! The `turnstile` binary against a real turnstiled: `lock -- CMD` excludes
+//! across processes, passes the command's status and environment through,
+//! frees the key when killed, stops the command when the lease is lost; and
+//! `get`, `ls`, `release`.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{client, eventually, server};
+use turnstile_testkit::TempDir;
+
+const TTL: Duration = Duration::from_secs(10);
+
+/// `turnstile --addr URL ARGS…`, stdin closed, output captured.
+fn turnstile(url: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_turnstile"));
+    cmd.arg("--addr").arg(url).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs to completion in a blocking thread.
+async fn output(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().expect("run turnstile")).await.expect("join")
+}
+
+/// Waits for `child` to exit, polling, failing the test after `within`.
+async fn exit_of(child: &mut Child, within: Duration) -> ExitStatus {
+    let status = std::sync::Mutex::new(child);
+    eventually(within, "turnstile exits", || {
+        let exited = status.lock().expect("not poisoned").try_wait().expect("try_wait");
+        async move { exited }
+    })
+    .await
+}
+
+/// The contents of `path` once it has a whole line.
+async fn read_line(path: &Path) -> String {
+    eventually(Duration::from_secs(10), "the command writes its file", || async {
+        std::fs::read_to_string(path).ok().filter(|s| s.ends_with('\n')).map(|s| s.trim().to_owned())
+    })
+    .await
+}
+
+/// Whether process `pid` is gone (or a zombie nobody reaped yet).
+fn gone(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn sigkill(pid: u32) {
+    // SAFETY: kill(2) on a child of this test.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+fn sigterm(pid: u32) {
+    // SAFETY: kill(2) on a child of this test.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+/// Mutual exclusion across processes: two `turnstile lock` on one key run
+/// their commands one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_lock_processes_run_their_commands_one_after_the_other() {
+    let node = server();
+    let dir = TempDir::new("cli-intervals");
+    // The sleep is the scenario: the command holds the lock for a while.
+    let script = "date +%s%N >> \"$F\"; sleep 0.3; date +%s%N >> \"$F\"";
+    let run = |name: &str| {
+        let mut cmd = turnstile(&node.url(), &["lock", "--ttl", "2s", "both", "--", "sh", "-c", script]);
+        cmd.env("F", dir.path().join(name));
+        cmd.spawn().expect("spawn turnstile")
+    };
+    let (a, b) = (run("a"), run("b"));
+    let (a, b) = tokio::task::spawn_blocking(move || (a.wait_with_output(), b.wait_with_output())).await.expect("join");
+    for out in [a.expect("a"), b.expect("b")] {
+        assert!(out.status.success(), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    let interval = |name: &str| -> (u128, u128) {
+        let text = std::fs::read_to_string(dir.path().join(name)).expect("interval file");
+        let t: Vec<u128> = text.lines().map(|l| l.trim().parse().expect("nanoseconds")).collect();
+        assert_eq!(t.len(), 2, "{name}: {text}");
+        (t[0], t[1])
+    };
+    let (mut first, mut second) = (interval("a"), interval("b"));
+    if second.0 < first.0 {
+        std::mem::swap(&mut first, &mut second);
+    }
+    assert!(first.1 <= second.0, "the commands overlapped: {first:?} and {second:?}");
+}
+
+/// The command gets the key and token, and its exit status is turnstile's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_sees_the_lock_and_its_status_is_passed_through() {
+    let node = server();
+    let dir = TempDir::new("cli-env");
+    let file = dir.path().join("env");
+    let script = "echo \"$TURNSTILE_KEY $TURNSTILE_FENCING_TOKEN\" > \"$F\"; exit 3";
+    let mut cmd = turnstile(&node.url(), &["lock", "env:1", "--", "sh", "-c", script]);
+    cmd.env("F", &file);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&file).expect("env file");
+    let (key, token) = text.trim().split_once(' ').expect("two words");
+    assert_eq!(key, "env:1");
+    assert!(token.parse::<u64>().expect("token") >= 1);
+    // And the lock was released at exit.
+    let c = client(&node, TTL).await;
+    assert!(c.get("env:1").await.expect("get").holder.is_none());
+}
+
+/// Not obtained: exit 75 (or --conflict-exit-code), naming the holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lock_is_not_obtained() {
+    let node = server();
+    let c = client(&node, TTL).await;
+    let guard = c.lock("busy:1").await.expect("lock");
+    let out = output(turnstile(&node.url(), &["lock", "--wait", "0", "busy:1", "--", "true"])).await;
+    assert_eq!(out.status.code(), Some(75));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(guard.owner()), "stderr names the holder");
+    let started = Instant::now();
+    let out = output(turnstile(
+        &node.url(),
+        &["lock", "--wait", "300ms", "--conflict-exit-code", "9", "busy:1", "--", "true"],
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(9));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    drop(guard);
+}
+
+/// SIGKILL of `turnstile lock`: the key frees within its TTL, and the
+/// command dies with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_turnstile_lock_frees_the_key_within_its_ttl() {
+    let node = server();
+    let dir = TempDir::new("cli-kill");
+    let pidfile = dir.path().join("pid");
+    let ttl = Duration::from_secs(1);
+    let mut cmd =
+        turnstile(&node.url(), &["lock", "--ttl", "1s", "kill:1", "--", "sh", "-c", "echo $$ > \"$F\"; exec sleep 30"]);
+    cmd.env("F", &pidfile);
+    let mut child = cmd.spawn().expect("spawn");
+    let pid = read_line(&pidfile).await;
+    sigkill(child.id());
+    let killed = Instant::now();
+    let status = exit_of(&mut child, Duration::from_secs(5)).await;
+    assert!(!status.success());
+    let c = client(&node, TTL).await;
+    let g = c.lock_timeout("kill:1", Duration::from_secs(5)).await.expect("freed");
+    assert!(killed.elapsed() <= ttl + Duration::from_millis(300), "freed after {:?}", killed.elapsed());
+    drop(g);
+    eventually(Duration::from_secs(5), "the command dies with turnstile", || async { gone(&pid).then_some(()) }).await;
+}
+
+/// A lost lease stops the command (SIGTERM to its group): exit 76.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_stops_the_command() {
+    let node = server();
+    let dir = TempDir::new("cli-lost");
+    let pidfile = dir.path().join("pid");
+    let mut cmd = turnstile(
+        &node.url(),
+        &["lock", "--ttl", "600ms", "--grace", "10s", "lost:1", "--", "sh", "-c", "echo $$ > \"$F\"; sleep 30"],
+    );
+    cmd.env("F", &pidfile);
+    let mut child = cmd.spawn().expect("spawn");
+    let pid = read_line(&pidfile).await;
+    let c = client(&node, TTL).await;
+    let token = c.get("lost:1").await.expect("get").holder.expect("held").fencing_token;
+    assert!(c.release("lost:1", token).await.expect("admin release"));
+    let taken = Instant::now();
+    let status = exit_of(&mut child, Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(76));
+    assert!(taken.elapsed() < Duration::from_secs(3), "stopped after {:?} (grace is 10s)", taken.elapsed());
+    assert!(gone(&pid), "the command was stopped");
+}
+
+/// A command that ignores SIGTERM is killed after --grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_ignoring_sigterm_is_killed_after_the_grace() {
+    let node = server();
+    let dir = TempDir::new("cli-grace");
+    let pidfile = dir.path().join("pid");
+    let script = "trap '' TERM; echo $$ > \"$F\"; while :; do sleep 0.05; done";
+    let mut cmd =
+        turnstile(&node.url(), &["lock", "--ttl", "600ms", "--grace", "500ms", "grace:1", "--", "sh", "-c", script]);
+    cmd.env("F", &pidfile);
+    let mut child = cmd.spawn().expect("spawn");
+    let pid = read_line(&pidfile).await;
+    let c = client(&node, TTL).await;
+    let token = c.get("grace:1").await.expect("get").holder.expect("held").fencing_token;
+    assert!(c.release("grace:1", token).await.expect("admin release"));
+    let taken = Instant::now();
+    let status = exit_of(&mut child, Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(76));
+    assert!(taken.elapsed() >= Duration::from_millis(500), "killed before the grace ended");
+    assert!(gone(&pid), "the command was killed");
+}
+
+/// SIGTERM to turnstile is passed on to the command, whose status it exits with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_are_passed_on_to_the_command() {
+    let node = server();
+    let dir = TempDir::new("cli-signal");
+    let pidfile = dir.path().join("pid");
+    let script = "trap 'exit 7' TERM; echo $$ > \"$F\"; while :; do sleep 0.05; done";
+    let mut cmd = turnstile(&node.url(), &["lock", "sig:1", "--", "sh", "-c", script]);
+    cmd.env("F", &pidfile);
+    let mut child = cmd.spawn().expect("spawn");
+    read_line(&pidfile).await;
+    sigterm(child.id());
+    let status = exit_of(&mut child, Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(7));
+    let c = client(&node, TTL).await;
+    assert!(c.get("sig:1").await.expect("get").holder.is_none(), "released after the command exited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_command_and_an_unreachable_coordinator_have_their_codes() {
+    let node = server();
+    let out = output(turnstile(&node.url(), &["lock", "nf:1", "--", "/nonexistent/command"])).await;
+    assert_eq!(out.status.code(), Some(127));
+    let c = client(&node, TTL).await;
+    assert!(c.get("nf:1").await.expect("get").holder.is_none(), "released after the failed start");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let out = output(turnstile(&format!("http://127.0.0.1:{port}"), &["--timeout", "500ms", "ls"])).await;
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unavailable"));
+    let out = output(turnstile(&node.url(), &["lock", "--ttl", "soon", "k", "--", "true"])).await;
+    assert_eq!(out.status.code(), Some(2), "usage error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_ls_and_release() {
+    let node = server();
+    let url = node.url();
+    let c = client(&node, TTL).await;
+    let g1 = c.lock("inv:1").await.expect("lock");
+    let _g2 = c.lock("inv:2").await.expect("lock");
+
+    let out = output(turnstile(&url, &["ls", "inv:"])).await;
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].starts_with("KEY") && lines[1].starts_with("inv:1") && lines[2].starts_with("inv:2"));
+    let col = lines[0].find("OWNER").expect("OWNER column");
+    assert_eq!(lines[1].find(g1.owner()), Some(col), "aligned:\n{text}");
+
+    let out = output(turnstile(&url, &["ls", "--json"])).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v.as_array().map(Vec::len), Some(2));
+
+    let out = output(turnstile(&url, &["get", "inv:1", "--json"])).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["fencing_token"], g1.fencing_token());
+    assert_eq!(v["owner"], g1.owner());
+    assert_eq!(v["held"], true);
+
+    let token = g1.fencing_token().to_string();
+    let out = output(turnstile(&url, &["release", "inv:1", &token])).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = output(turnstile(&url, &["release", "inv:1", &token])).await;
+    assert_eq!(out.status.code(), Some(1), "already ended");
+    let out = output(turnstile(&url, &["get", "inv:1"])).await;
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(text.lines().nth(1).is_some_and(|l| l.starts_with("inv:1") && l.contains(" - ")), "{text}");
+}
