@@ -8,10 +8,14 @@
 //! every guarantee testable with explicit instants.
 //!
 //! # Layout
-//! - `table`: [`LockTable`], the operations, and the [`Counters`] shared by
-//!   the shards of one coordinator (the fencing-token sequence, the lease count).
-//! - `wheel`: the hashed timing wheel behind expiry; cost per timer does not
-//!   grow with the number of timers.
+//! - `table`: [`LockTable`], the operations.
+//! - `key`: a key's name, inline when short.
+//! - `store`: the keys' state in one slab reached by handle, with an ordered
+//!   index by name whose emptied keys are swept out lazily.
+//! - `shared`: [`TableConfig`] and the [`Counters`] shared by the shards of
+//!   one coordinator (the fencing-token sequence, the lease count).
+//! - `wheel`: the hashed timing wheel behind expiry, its timers nodes in one
+//!   slab; cost per timer does not grow with the number of timers.
 //! - `types`: [`Lease`], [`LockInfo`], [`Acquired`], [`Effect`] and friends.
 //! - `time`: [`Time`], an instant on the host's monotonic clock.
 //! - `error`: [`CoreError`].
@@ -40,12 +44,16 @@
 //! ```
 
 mod error;
+mod key;
+mod shared;
+mod store;
 mod table;
 mod time;
 mod types;
 mod wheel;
 
 pub use error::CoreError;
-pub use table::{Counters, LockTable, TableConfig, Wait};
+pub use shared::{Counters, TableConfig};
+pub use table::{LockTable, Wait};
 pub use time::Time;
 pub use types::{AcquireArgs, Acquired, Effect, HolderInfo, Lease, LockInfo, WaiterId};

@@ -1,12 +1,15 @@
-//! A hashed timing wheel for lease expiries and waiter deadlines.
+//! A hashed timing wheel for lease expiries and waiter deadlines, intrusive:
+//! every timer is a node of one slab with a free list, and each slot of the
+//! wheel is a linked list of nodes threaded through that slab (a `u32` head
+//! and tail per slot), so a timer costs one 24-byte node and no allocation of
+//! its own.
 //!
 //! Inserting a timer is O(1); advancing the clock visits each elapsed slot
 //! once and each timer once per revolution, so the cost per timer does not
-//! grow with the number of timers. Cancelled timers are not removed: the
-//! table checks each fired timer against the live state (lazy deletion), which
-//! keeps renew at one push.
-
-use std::sync::Arc;
+//! grow with the number of timers. A timer names a key by its handle in the
+//! table's key store and says what to check there; the table checks each
+//! fired timer against the live state (lazy deletion), so a stale timer is
+//! harmless, and decides whether the node is freed or put back in the wheel.
 
 use crate::Time;
 
@@ -14,36 +17,76 @@ use crate::Time;
 const SLOT_NANOS: u64 = 1_000_000; // 1 ms
 /// Number of slots (a power of two): one revolution is about 4.2 s.
 const SLOTS: usize = 4096;
+/// The null link.
+pub(crate) const NIL: u32 = u32::MAX;
+/// Above this many nodes, an emptied slab gives its memory back.
+const KEEP_NODES: usize = 1024;
 
 /// What a timer refers to; checked against live state when it fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TimerKind {
-    /// The lease with this fencing token may have expired.
-    Lease(u64),
+    /// The lease of the key may have expired.
+    Lease,
     /// The waiter with this id may have reached its deadline.
     Waiter(u64),
 }
 
-/// A scheduled check of one key.
-#[derive(Debug, Clone)]
-pub(crate) struct Timer {
-    pub(crate) at: Time,
-    pub(crate) key: Arc<str>,
-    pub(crate) kind: TimerKind,
+impl TimerKind {
+    /// Packs the kind into one word: tag bit 0 clear for a lease, set for a
+    /// waiter with the id in the upper 63 bits.
+    fn pack(self) -> u64 {
+        match self {
+            TimerKind::Lease => 0,
+            TimerKind::Waiter(id) => (id << 1) | 1,
+        }
+    }
+
+    fn unpack(word: u64) -> TimerKind {
+        if word & 1 == 0 {
+            TimerKind::Lease
+        } else {
+            TimerKind::Waiter(word >> 1)
+        }
+    }
+}
+
+/// One timer: when it is due, the key handle it concerns, what to check,
+/// and the next node of its slot's list (or of the free list).
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    at: u64,
+    kind: u64,
+    key: u32,
+    next: u32,
 }
 
 /// The wheel itself.
 #[derive(Debug)]
 pub(crate) struct Wheel {
-    slots: Vec<Vec<Timer>>,
+    nodes: Vec<Node>,
+    /// Head of the free list of `nodes`.
+    free: u32,
+    /// Nodes allocated (in the wheel, or fired and not yet freed or put back).
+    used: usize,
+    heads: Box<[u32]>,
+    tails: Box<[u32]>,
     /// Absolute index of the first slot not yet fully processed.
     cursor: u64,
+    /// Nodes linked into slots.
     len: usize,
 }
 
 impl Wheel {
     pub(crate) fn new(now: Time) -> Self {
-        Wheel { slots: (0..SLOTS).map(|_| Vec::new()).collect(), cursor: now.as_nanos() / SLOT_NANOS, len: 0 }
+        Wheel {
+            nodes: Vec::new(),
+            free: NIL,
+            used: 0,
+            heads: vec![NIL; SLOTS].into_boxed_slice(),
+            tails: vec![NIL; SLOTS].into_boxed_slice(),
+            cursor: now.as_nanos() / SLOT_NANOS,
+            len: 0,
+        }
     }
 
     /// Timers scheduled and not yet fired (including lazily cancelled ones).
@@ -51,31 +94,122 @@ impl Wheel {
         self.len
     }
 
-    pub(crate) fn insert(&mut self, timer: Timer) {
-        let abs = (timer.at.as_nanos() / SLOT_NANOS).max(self.cursor);
-        self.slots[slot_index(abs)].push(timer);
+    /// Schedules a check of `kind` on key handle `key` at `at`; returns the node.
+    pub(crate) fn insert(&mut self, at: Time, key: u32, kind: TimerKind) -> u32 {
+        let node = Node { at: at.as_nanos(), kind: kind.pack(), key, next: NIL };
+        let id = if self.free != NIL {
+            let id = self.free;
+            self.free = self.nodes[id as usize].next;
+            self.nodes[id as usize] = node;
+            id
+        } else {
+            // Handles are u32 and NIL is reserved; a table never holds 2^32 timers.
+            let id = u32::try_from(self.nodes.len()).unwrap_or(NIL - 1);
+            self.nodes.push(node);
+            id
+        };
+        self.used += 1;
+        self.link(id);
+        id
+    }
+
+    /// When node `id` is (or was, if fired) due; `None` for [`NIL`].
+    pub(crate) fn at(&self, id: u32) -> Option<Time> {
+        self.nodes.get(id as usize).map(|n| Time::from_nanos(n.at))
+    }
+
+    /// The key handle and the check of node `id`.
+    pub(crate) fn target(&self, id: u32) -> (u32, TimerKind) {
+        let n = &self.nodes[id as usize];
+        (n.key, TimerKind::unpack(n.kind))
+    }
+
+    /// Puts a fired node back in the wheel, due at `at`.
+    pub(crate) fn reinsert(&mut self, id: u32, at: Time) {
+        self.nodes[id as usize].at = at.as_nanos();
+        self.link(id);
+    }
+
+    /// Returns a fired node to the free list.
+    pub(crate) fn free(&mut self, id: u32) {
+        self.nodes[id as usize].next = self.free;
+        self.free = id;
+        self.used -= 1;
+        if self.used == 0 {
+            // Nothing refers to any node: start over, so new nodes are laid out
+            // in order again, and give back the memory of a burst.
+            self.free = NIL;
+            if self.nodes.capacity() > KEEP_NODES {
+                self.nodes = Vec::new();
+            } else {
+                self.nodes.clear();
+            }
+        }
+    }
+
+    fn link(&mut self, id: u32) {
+        let abs = (self.nodes[id as usize].at / SLOT_NANOS).max(self.cursor);
+        let slot = slot_index(abs);
+        self.nodes[id as usize].next = NIL;
+        match self.tails[slot] {
+            NIL => self.heads[slot] = id,
+            tail => self.nodes[tail as usize].next = id,
+        }
+        self.tails[slot] = id;
         self.len += 1;
     }
 
-    /// Moves every timer due at or before `now` into `fired`.
-    pub(crate) fn advance(&mut self, now: Time, fired: &mut Vec<Timer>) {
+    /// Visits the next slot that elapsed by `now`: unlinks its timers due at
+    /// or before `now` and appends their nodes to `fired`. Returns false once
+    /// the slot of `now` itself was visited, which is last: call until then.
+    /// Each fired node must be [`Wheel::reinsert`]ed or [`Wheel::free`]d.
+    ///
+    /// One slot at a time, so the host handles each fired node while it is
+    /// still in cache.
+    pub(crate) fn advance_slot(&mut self, now: Time, fired: &mut Vec<u32>) -> bool {
         let target = now.as_nanos() / SLOT_NANOS;
         if target > self.cursor {
-            // Slots strictly before `target` are wholly in the past for this
-            // revolution; one pass over the wheel suffices however far we jump.
-            let steps = (target - self.cursor).min(SLOTS as u64);
-            for i in 0..steps {
-                let slot = &mut self.slots[slot_index(self.cursor + i)];
-                self.len -= drain_due(slot, now, fired);
-            }
-            self.cursor = target;
+            // Slots strictly before `target` are wholly in the past; however
+            // far we jump, one revolution of them holds every timer.
+            self.cursor = self.cursor.max(target.saturating_sub(SLOTS as u64));
+            self.drain_due(slot_index(self.cursor), now.as_nanos(), fired);
+            self.cursor += 1;
+            true
+        } else {
+            // The current slot may hold timers due later within it.
+            self.drain_due(slot_index(self.cursor), now.as_nanos(), fired);
+            false
         }
-        // The current slot may hold timers due later within it.
-        let slot = &mut self.slots[slot_index(self.cursor)];
-        self.len -= drain_due(slot, now, fired);
     }
 
-    /// The earliest instant at which [`Wheel::advance`] may fire a timer: the
+    /// Every slot up to `now` at once (tests).
+    #[cfg(test)]
+    fn advance(&mut self, now: Time, fired: &mut Vec<u32>) {
+        while self.advance_slot(now, fired) {}
+    }
+
+    /// Unlinks the nodes of `slot` due at or before `now` into `fired`.
+    fn drain_due(&mut self, slot: usize, now: u64, fired: &mut Vec<u32>) {
+        let mut kept = NIL;
+        let mut cur = self.heads[slot];
+        while cur != NIL {
+            let Node { at, next, .. } = self.nodes[cur as usize];
+            if at <= now {
+                match kept {
+                    NIL => self.heads[slot] = next,
+                    k => self.nodes[k as usize].next = next,
+                }
+                fired.push(cur);
+                self.len -= 1;
+            } else {
+                kept = cur;
+            }
+            cur = next;
+        }
+        self.tails[slot] = kept;
+    }
+
+    /// The earliest instant at which [`Wheel::advance_slot`] may fire a timer: the
     /// earliest due time in the first non-empty slot, or that slot's start if
     /// it only holds timers of a later revolution (an early wake-up that
     /// fires nothing, at most once per slot and revolution). The cursor's own
@@ -88,11 +222,10 @@ impl Wheel {
         }
         for i in 0..=SLOTS as u64 {
             let abs = self.cursor + i;
-            let slot = &self.slots[slot_index(abs)];
-            if let Some(earliest) = slot.iter().map(|t| t.at).min() {
-                let slot_end = Time::from_nanos((abs + 1).saturating_mul(SLOT_NANOS));
+            if let Some(earliest) = self.earliest_in(slot_index(abs)) {
+                let slot_end = (abs + 1).saturating_mul(SLOT_NANOS);
                 if earliest < slot_end {
-                    return Some(earliest);
+                    return Some(Time::from_nanos(earliest));
                 }
                 if i > 0 {
                     return Some(Time::from_nanos(abs.saturating_mul(SLOT_NANOS)));
@@ -101,70 +234,71 @@ impl Wheel {
         }
         None
     }
+
+    fn earliest_in(&self, slot: usize) -> Option<u64> {
+        let mut cur = self.heads[slot];
+        let mut earliest = None;
+        while cur != NIL {
+            let n = &self.nodes[cur as usize];
+            earliest = Some(earliest.map_or(n.at, |e: u64| e.min(n.at)));
+            cur = n.next;
+        }
+        earliest
+    }
 }
 
 fn slot_index(abs: u64) -> usize {
     (abs % SLOTS as u64) as usize
 }
 
-/// Moves the timers of `slot` due at or before `now` into `fired`; returns how many.
-fn drain_due(slot: &mut Vec<Timer>, now: Time, fired: &mut Vec<Timer>) -> usize {
-    let before = fired.len();
-    let mut i = 0;
-    while i < slot.len() {
-        if slot[i].at <= now {
-            fired.push(slot.swap_remove(i));
-        } else {
-            i += 1;
-        }
-    }
-    if slot.is_empty() && slot.capacity() > 64 {
-        // Give back memory after a burst.
-        slot.shrink_to(8);
-    }
-    fired.len() - before
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn timer(ms: u64, token: u64) -> Timer {
-        Timer { at: Time::from_millis(ms), key: Arc::from("k"), kind: TimerKind::Lease(token) }
+    /// A wheel whose timers are all waiter timers named by `id`.
+    fn insert(w: &mut Wheel, at: Time, id: u64) -> u32 {
+        w.insert(at, 0, TimerKind::Waiter(id))
     }
 
+    /// Advances to `ms` and frees what fired; returns the ids, sorted.
     fn fire(w: &mut Wheel, ms: u64) -> Vec<u64> {
+        fire_at(w, Time::from_millis(ms))
+    }
+
+    fn fire_at(w: &mut Wheel, now: Time) -> Vec<u64> {
         let mut out = Vec::new();
-        w.advance(Time::from_millis(ms), &mut out);
-        let mut tokens: Vec<u64> = out
+        w.advance(now, &mut out);
+        let mut ids: Vec<u64> = out
             .iter()
-            .map(|t| match t.kind {
-                TimerKind::Lease(x) | TimerKind::Waiter(x) => x,
+            .map(|&n| {
+                let id = match w.target(n).1 {
+                    TimerKind::Waiter(x) => x,
+                    TimerKind::Lease => u64::MAX,
+                };
+                w.free(n);
+                id
             })
             .collect();
-        tokens.sort_unstable();
-        tokens
+        ids.sort_unstable();
+        ids
     }
 
     #[test]
     fn fires_exactly_at_due_time_not_before() {
         let mut w = Wheel::new(Time::ZERO);
-        w.insert(Timer { at: Time::from_nanos(5_500_000), ..timer(0, 1) });
+        insert(&mut w, Time::from_nanos(5_500_000), 1);
         assert!(fire(&mut w, 5).is_empty());
         assert!(fire(&mut w, 5).is_empty());
-        let mut out = Vec::new();
-        w.advance(Time::from_nanos(5_499_999), &mut out);
-        assert!(out.is_empty());
-        w.advance(Time::from_nanos(5_500_000), &mut out);
-        assert_eq!(out.len(), 1);
+        assert!(fire_at(&mut w, Time::from_nanos(5_499_999)).is_empty());
+        assert_eq!(fire_at(&mut w, Time::from_nanos(5_500_000)), vec![1]);
         assert_eq!(w.len(), 0);
     }
 
     #[test]
     fn timers_beyond_one_revolution_wait_for_their_round() {
         let mut w = Wheel::new(Time::ZERO);
-        w.insert(timer(10, 1));
-        w.insert(timer(10 + SLOTS as u64, 2)); // same slot, next revolution
+        insert(&mut w, Time::from_millis(10), 1);
+        insert(&mut w, Time::from_millis(10 + SLOTS as u64), 2); // same slot, next revolution
         assert_eq!(fire(&mut w, 11), vec![1]);
         assert_eq!(w.next_deadline(), Some(Time::from_millis(10 + SLOTS as u64)));
         assert!(fire(&mut w, 9 + SLOTS as u64).is_empty());
@@ -175,7 +309,7 @@ mod tests {
     fn a_long_jump_fires_everything_due_in_one_pass() {
         let mut w = Wheel::new(Time::ZERO);
         for i in 0..100 {
-            w.insert(timer(i * 997, i));
+            insert(&mut w, Time::from_millis(i * 997), i);
         }
         assert_eq!(fire(&mut w, 1_000_000).len(), 100);
         assert_eq!(w.next_deadline(), None);
@@ -184,7 +318,7 @@ mod tests {
     #[test]
     fn past_timers_fire_on_the_next_advance() {
         let mut w = Wheel::new(Time::from_millis(100));
-        w.insert(timer(50, 7));
+        insert(&mut w, Time::from_millis(50), 7);
         assert_eq!(w.next_deadline(), Some(Time::from_millis(50)));
         assert_eq!(fire(&mut w, 100), vec![7]);
     }
@@ -192,14 +326,12 @@ mod tests {
     #[test]
     fn next_deadline_moves_past_the_current_slot_when_it_only_holds_later_rounds() {
         let mut w = Wheel::new(Time::ZERO);
-        w.insert(timer(10 + 2 * SLOTS as u64, 1)); // slot 10, two revolutions on
+        insert(&mut w, Time::from_millis(10 + 2 * SLOTS as u64), 1); // slot 10, two revolutions on
         let mut wakes = Vec::new();
         while let Some(d) = w.next_deadline() {
             assert!(wakes.last().is_none_or(|last| d > *last), "no progress at {d:?}");
             wakes.push(d);
-            let mut out = Vec::new();
-            w.advance(d, &mut out);
-            if !out.is_empty() {
+            if !fire_at(&mut w, d).is_empty() {
                 break;
             }
         }
@@ -211,9 +343,69 @@ mod tests {
     #[test]
     fn next_deadline_is_the_earliest_timer_of_the_first_slot() {
         let mut w = Wheel::new(Time::ZERO);
-        w.insert(timer(30, 1));
-        w.insert(Timer { at: Time::from_nanos(20_700_000), ..timer(0, 2) });
-        w.insert(Timer { at: Time::from_nanos(20_200_000), ..timer(0, 3) });
+        insert(&mut w, Time::from_millis(30), 1);
+        insert(&mut w, Time::from_nanos(20_700_000), 2);
+        insert(&mut w, Time::from_nanos(20_200_000), 3);
         assert_eq!(w.next_deadline(), Some(Time::from_nanos(20_200_000)));
+    }
+
+    #[test]
+    fn freed_nodes_are_reused_before_the_slab_grows() {
+        let mut w = Wheel::new(Time::ZERO);
+        let keep = insert(&mut w, Time::from_millis(100), 1);
+        let a = insert(&mut w, Time::from_millis(5), 2);
+        let b = insert(&mut w, Time::from_millis(6), 3);
+        assert_eq!(fire(&mut w, 10), vec![2, 3]);
+        let c = insert(&mut w, Time::from_millis(20), 4);
+        let d = insert(&mut w, Time::from_millis(20), 5);
+        assert_eq!([c, d].iter().copied().collect::<std::collections::BTreeSet<_>>(), [a, b].into());
+        assert_eq!(w.nodes.len(), 3, "no new node while freed ones remain");
+        let e = insert(&mut w, Time::from_millis(20), 6);
+        assert_eq!((e, w.nodes.len()), (3, 4));
+        assert_ne!(keep, e);
+        assert_eq!(fire(&mut w, 20), vec![4, 5, 6]);
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn a_fired_node_can_be_put_back_and_keeps_its_target() {
+        let mut w = Wheel::new(Time::ZERO);
+        let n = w.insert(Time::from_millis(5), 42, TimerKind::Lease);
+        let mut out = Vec::new();
+        w.advance(Time::from_millis(5), &mut out);
+        assert_eq!(out, vec![n]);
+        assert_eq!((w.len(), w.at(n)), (0, Some(Time::from_millis(5))));
+        w.reinsert(n, Time::from_millis(3_000));
+        assert_eq!(w.next_deadline(), Some(Time::from_millis(3_000)));
+        out.clear();
+        w.advance(Time::from_millis(2_999), &mut out);
+        assert!(out.is_empty());
+        w.advance(Time::from_millis(3_000), &mut out);
+        assert_eq!(out, vec![n]);
+        assert_eq!(w.target(n), (42, TimerKind::Lease));
+        w.free(n);
+        assert_eq!((w.used, w.nodes.len(), w.free), (0, 0, NIL), "an emptied slab starts over");
+    }
+
+    #[test]
+    fn unlinking_from_the_middle_and_end_of_a_slot_keeps_the_list_whole() {
+        let mut w = Wheel::new(Time::ZERO);
+        // All in slot 7: due now, later round, due now, later round, due now.
+        let round = SLOTS as u64;
+        for (i, ms) in [7, 7 + round, 7, 7 + 2 * round, 7].into_iter().enumerate() {
+            insert(&mut w, Time::from_millis(ms), i as u64);
+        }
+        assert_eq!(fire(&mut w, 7), vec![0, 2, 4]);
+        insert(&mut w, Time::from_millis(7 + round), 5); // appended after the kept tail
+        assert_eq!(fire(&mut w, 7 + round), vec![1, 5]);
+        assert_eq!(fire(&mut w, 7 + 2 * round), vec![3]);
+        assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn kinds_round_trip_through_the_packed_word() {
+        for kind in [TimerKind::Lease, TimerKind::Waiter(1), TimerKind::Waiter(u64::MAX >> 1)] {
+            assert_eq!(TimerKind::unpack(kind.pack()), kind);
+        }
     }
 }

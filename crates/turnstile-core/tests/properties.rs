@@ -7,7 +7,7 @@ mod model;
 use std::sync::Arc;
 use std::time::Duration;
 
-use model::{Harness, Op, TokenPick, KEYS, OWNERS};
+use model::{Harness, Op, TokenPick, MANY_KEYS, OWNERS};
 use proptest::prelude::*;
 use turnstile_core::{
     AcquireArgs, Acquired, CoreError, Counters, Effect, LockTable, TableConfig, Time, Wait, WaiterId,
@@ -150,7 +150,7 @@ proptest! {
     fn recovery_barrier_grants_nothing_before_t_then_fifo(
         start in start(),
         hold in ms(1, 500),
-        restored in prop::collection::vec((0..KEYS.len(), 0..OWNERS.len(), ms(1, 400)), 0..3),
+        restored in prop::collection::vec((0..MIXED.keys, 0..OWNERS.len(), ms(1, 400)), 0..3),
         max_leases in prop_oneof![Just(10_000_000usize), 1usize..4],
         ops in ops(Profile { wait: 0.8, ..MIXED }),
     ) {
@@ -160,6 +160,20 @@ proptest! {
         }
         h.hold_grants_for(hold);
         h.run(&ops);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// G1 to G7 with enough keys that emptied ones are swept out of the
+    /// table's index mid-run, and their slots and timers reused by other keys.
+    #[test]
+    fn g1_to_g7_hold_while_emptied_keys_are_swept_and_reused(
+        start in start(),
+        ops in prop::collection::vec(op(Profile { keys: MANY_KEYS, time: 10, ..MIXED }), 600..1500),
+    ) {
+        run(TableConfig::default(), start, &ops);
     }
 }
 

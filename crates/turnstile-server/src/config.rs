@@ -16,6 +16,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where lock state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// In this process, restart-safe through `--data-dir`.
+    Memory,
+    /// In an etcd cluster that any number of turnstiled sidecars front.
+    Etcd,
+}
+
 /// turnstiled: a lock coordinator handing out expiring leases with fencing
 /// tokens over gRPC. Every flag can also be set with the environment variable
 /// named beside it.
@@ -29,6 +38,23 @@ pub struct Config {
     /// HTTP address for /metrics (Prometheus), /healthz and /readyz. Port 0 picks a free port.
     #[arg(long, env = "TURNSTILE_HTTP_LISTEN", default_value = "127.0.0.1:7701")]
     pub http_listen: SocketAddr,
+
+    /// Where lock state lives: `memory` (this process, restart-safe through --data-dir)
+    /// or `etcd` (an etcd cluster shared by any number of turnstiled sidecars).
+    #[arg(long, env = "TURNSTILE_BACKEND", value_enum, default_value = "memory")]
+    pub backend: BackendKind,
+
+    /// etcd endpoints for `--backend etcd`, comma-separated.
+    #[arg(long, env = "TURNSTILE_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub etcd_endpoints: Vec<String>,
+
+    /// Prefix of every etcd key turnstile writes; sidecars with the same prefix share their locks.
+    #[arg(long, env = "TURNSTILE_ETCD_PREFIX", default_value = "turnstile/")]
+    pub etcd_prefix: String,
+
+    /// Longest wait for one etcd call; past it the RPC gets UNAVAILABLE.
+    #[arg(long, env = "TURNSTILE_ETCD_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub etcd_timeout: Duration,
 
     /// Directory for the restart state of the memory backend (token block, lease
     /// horizon, shutdown snapshot); created if missing. An empty value runs without
@@ -123,6 +149,20 @@ impl Config {
         if self.max_result_bytes > 64 * 1024 * 1024 {
             return err("max-result-bytes", "must be at most 64 MiB (it must fit in one gRPC message)");
         }
+        if self.backend == BackendKind::Etcd {
+            if self.etcd_endpoints.iter().all(|e| e.trim().is_empty()) {
+                return err("etcd-endpoints", "must name at least one endpoint, e.g. http://127.0.0.1:2379");
+            }
+            if let Some(e) = self.etcd_endpoints.iter().find(|e| e.trim().starts_with("https://")) {
+                return err("etcd-endpoints", &format!("{e}: TLS to etcd is not supported yet; use http://"));
+            }
+            if self.etcd_prefix.is_empty() {
+                return err("etcd-prefix", "must not be empty");
+            }
+            if self.etcd_timeout.is_zero() {
+                return err("etcd-timeout", "must be greater than zero");
+            }
+        }
         Ok(())
     }
 
@@ -172,6 +212,21 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().flag, "min-ttl");
         let c = parse(&["--default-ttl", "2h"]);
         assert_eq!(c.validate().unwrap_err().flag, "default-ttl");
+    }
+
+    #[test]
+    fn etcd_flags_parse_and_validate() {
+        let c = parse(&[]);
+        assert_eq!(c.backend, BackendKind::Memory);
+        assert_eq!(c.etcd_prefix, "turnstile/");
+        let c = parse(&["--backend", "etcd", "--etcd-endpoints", "http://a:2379,http://b:2379"]);
+        assert_eq!(c.backend, BackendKind::Etcd);
+        assert_eq!(c.etcd_endpoints, ["http://a:2379", "http://b:2379"]);
+        assert!(c.validate().is_ok());
+        let c = parse(&["--backend", "etcd", "--etcd-prefix", ""]);
+        assert_eq!(c.validate().unwrap_err().flag, "etcd-prefix");
+        let c = parse(&["--backend", "etcd", "--etcd-endpoints", "https://a:2379"]);
+        assert_eq!(c.validate().unwrap_err().flag, "etcd-endpoints");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - [`validate`]: request validation shared by all backends (G8).
 //! - [`service`]: the `LockService` handlers; [`convert`]: types to protobuf.
 //! - [`backend`]: the [`backend::Backend`] contract;
-//!   [`backend::memory`] the embedded table; [`backend::durable`] its restart state.
+//!   [`backend::memory`] the embedded table; [`backend::durable`] its restart state;
+//!   [`backend::etcd`] state in etcd, for any number of stateless sidecars.
 //! - [`error`]: error types and their one mapping to `tonic::Status`.
 //! - [`server`]: [`server::run`], gRPC + HTTP serving and graceful shutdown.
 //! - [`telemetry`]: Prometheus metrics and logging; [`clock`]: the one clock.

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
+use turnstile_server::backend::etcd::EtcdBackend;
 use turnstile_server::backend::memory::MemoryBackend;
-use turnstile_server::config::Config;
+use turnstile_server::backend::Backend;
+use turnstile_server::config::{BackendKind, Config};
 use turnstile_server::server::run;
 use turnstile_server::telemetry::{init_logging, Metrics};
 
@@ -22,18 +24,40 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let backend = Arc::new(MemoryBackend::start(&config, metrics.clone()).context("opening the memory backend")?);
+    match config.backend {
+        BackendKind::Memory => {
+            let backend =
+                Arc::new(MemoryBackend::start(&config, metrics.clone()).context("opening the memory backend")?);
+            let held = backend.clone();
+            serve_with(backend, "memory", Box::new(move || Some(held.leases_held())), &config, metrics).await
+        }
+        BackendKind::Etcd => {
+            let backend =
+                Arc::new(EtcdBackend::connect(&config, metrics.clone()).await.context("opening the etcd backend")?);
+            // Leases live in etcd, shared by every sidecar: none is counted here.
+            serve_with(backend, "etcd", Box::new(|| None), &config, metrics).await
+        }
+    }
+}
+
+/// Binds the listeners, announces them, and serves `backend` until a signal.
+async fn serve_with<B: Backend>(
+    backend: Arc<B>,
+    name: &'static str,
+    leases_held: Box<dyn Fn() -> Option<usize> + Send + Sync>,
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
     let grpc = TcpListener::bind(config.listen).await.with_context(|| format!("binding --listen {}", config.listen))?;
     let http = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding --http-listen {}", config.http_listen))?;
     let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
-    tracing::info!(grpc = %grpc_addr, http = %http_addr, backend = "memory", "turnstiled listening");
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, backend = name, "turnstiled listening");
     // One machine-readable line, so scripts and tests that bind port 0 learn the ports.
     println!("turnstiled listening grpc={grpc_addr} http={http_addr}");
     std::io::stdout().flush()?;
-    let held = backend.clone();
-    run(backend, &config, metrics, Box::new(move || Some(held.leases_held())), grpc, http, shutdown_signal()).await?;
+    run(backend, config, metrics, leases_held, grpc, http, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -6,6 +6,8 @@
 //!   bound (it prints them on its first stdout line).
 //! - [`TempDir`]: a directory removed on drop.
 //! - [`turnstiled_bin`]: where the binary is, building it if missing.
+//! - [`Etcd`] (module `etcd`): a real etcd on free loopback ports with a
+//!   temporary data dir, with stop, kill, pause and restart.
 //!
 //! Nothing here sleeps to wait for a state: start-up is awaited by reading the
 //! process's ready line, exit by `wait()`.
@@ -15,6 +17,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
+
+mod etcd;
+pub use etcd::{etcd_bin, Etcd, ETCD_MISSING};
 
 /// The `turnstiled` binary of this workspace's target dir, built once with
 /// cargo if it is not there yet (e.g. `cargo test -p turnstile-client`).

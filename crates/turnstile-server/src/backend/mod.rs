@@ -13,6 +13,7 @@ pub use turnstile_core::{HolderInfo, LockInfo};
 use crate::error::BackendError;
 
 pub mod durable;
+pub mod etcd;
 pub mod memory;
 
 /// A validated acquire.

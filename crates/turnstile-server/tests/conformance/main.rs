@@ -46,3 +46,4 @@ macro_rules! conformance {
 }
 
 conformance!(memory, fixture::Memory::new());
+conformance!(etcd, fixture::Etcd::new());

@@ -1,0 +1,447 @@
+//! Acquire on etcd: enqueue an entry under its own lease, refresh the
+//! caller's own lease (G5), or wait behind the entry just ahead (G4), with the
+//! grant-time lease check of etcd issue 11456 and cancellation safety (G6).
+//!
+//! Every acquire takes a lease with the TTL asked for (from the pool, its TTL
+//! restarted, or newly granted) and creates its entry with it in one
+//! transaction that also reads the queue's head and length. The entry with
+//! the lowest create revision holds the lock. A waiter finds the entry just
+//! ahead of it (highest create revision below its own) and watches only that
+//! key for its deletion, from the revision it read it at, so no deletion is
+//! missed and nobody else is woken. A `share_result` waiter also watches the
+//! key's results, from its own create revision on.
+//!
+//! When nobody is ahead any more, the waiter is granted only if its own lease
+//! is still alive and its entry still there: if the lease ended while it
+//! waited (its sidecar could not reach etcd for longer than the TTL), etcd
+//! has deleted the entry and the waiter is never granted.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    WatchFilterType, WatchResponse, WatchStream,
+};
+use turnstile_core::CoreError;
+
+use super::holders::Held;
+use super::layout::EntryValue;
+use super::leases::ActiveLease;
+use super::{count_op, entry_is, first_op, head_of, inspect, rev_token, secs, Inner};
+use crate::backend::{AcquireOutcome, AcquireRequest, Grant};
+use crate::error::BackendError;
+
+/// How many times an acquire starts over when the lease it meant to refresh
+/// (its owner's own) or a pooled lease ended under it.
+const ATTEMPTS: usize = 3;
+
+/// Runs an acquire.
+pub(super) async fn acquire(inner: &Arc<Inner>, req: AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+    inner.check_open()?;
+    for n in 0..ATTEMPTS {
+        // After a pooled lease turned out dead, grant a fresh one.
+        if let Some(outcome) = attempt(inner, &req, n == 0).await? {
+            return Ok(outcome);
+        }
+    }
+    Err(BackendError::Unavailable { reason: format!("the queue of {:?} kept changing under the acquire", req.key) })
+}
+
+/// One try; `None` means "start over".
+async fn attempt(
+    inner: &Arc<Inner>,
+    req: &AcquireRequest,
+    pooled: bool,
+) -> Result<Option<AcquireOutcome>, BackendError> {
+    // The TTL counts from here: no later than the client sent the request.
+    let started = Instant::now();
+    let ttl = inner.ttl_secs(req.ttl);
+    let reused = if pooled { inner.pool.take(ttl, inner.timeout * 2) } else { None };
+    let lease = match reused {
+        Some(lease) => lease,
+        None => ActiveLease::new(inner.grant_lease(ttl).await?, started),
+    };
+    // A pooled lease restarted too long ago is restarted with the enqueue.
+    let restart = !lease.covers(started);
+    let mut guard = LeaseGuard::new(inner, lease);
+    let (id, ttl) = (guard.lease.id, guard.lease.ttl);
+    let entry = inner.layout.entry(&req.key, id);
+    let queue = inner.layout.queue(&req.key);
+    let value = EntryValue { owner: req.owner.clone(), ttl, share: req.share_result };
+    let put = TxnOp::put(entry.clone(), value.encode(), Some(PutOptions::new().with_lease(id)));
+    let try_once = req.wait.is_zero();
+    // Into an empty queue: just the entry. Else a try-lock writes nothing,
+    // and a waiter enqueues and reads the head and length of the queue.
+    let empty =
+        Txn::new().when([Compare::version(queue.clone(), CompareOp::Equal, 0).with_prefix()]).and_then([put.clone()]);
+    let txn = if try_once {
+        empty.or_else([first_op(&queue), count_op(&queue)])
+    } else {
+        // The last two entries by create revision: ours, and the one just ahead.
+        let last_two = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_limit(2)
+            .with_keys_only();
+        empty.or_else([put, first_op(&queue), count_op(&queue), TxnOp::get(queue.clone(), Some(last_two))])
+    };
+    // Until the answer says otherwise, an entry may exist: undo by revoking.
+    guard.written = true;
+    let resp = if restart {
+        let (alive, resp) = tokio::join!(guard.lease.keep_alive(inner), inner.write(&req.key, "enqueue", txn));
+        if !alive? {
+            guard.discard(); // ended in the pool: etcd deleted whatever was put on it
+            return Ok(None);
+        }
+        resp?
+    } else {
+        inner.write(&req.key, "enqueue", txn).await?
+    };
+    let rev = resp.revision;
+    let enqueued = !try_once || resp.succeeded;
+    guard.written = enqueued;
+    let (first, count) = match (resp.succeeded, try_once) {
+        (true, _) => (None, 1),
+        (false, true) => head_of(&resp, 0),
+        (false, false) => head_of(&resp, 1),
+    };
+    // Without a write the revision is the store's, not an entry's.
+    let ours_rev = enqueued.then_some(rev);
+    let Some(holder) = first.filter(|f| Some(f.create_revision()) != ours_rev) else {
+        // Ours is the lowest entry: granted, on a lease whose TTL began after `started`.
+        return Ok(Some(granted(inner, req, entry, rev, rev, guard.into_lease(), started)));
+    };
+    let holder_value = EntryValue::decode(holder.value());
+    if holder_value.as_ref().is_some_and(|v| v.owner == req.owner) {
+        // G5: the caller holds the key already. Move its entry to the new
+        // lease (same create revision: same token) and drop ours.
+        let ours = enqueued.then_some(entry.as_slice());
+        let token = rev_token(holder.create_revision());
+        let mut ops = vec![TxnOp::put(
+            holder.key().to_vec(),
+            EntryValue { share: false, ..value.clone() }.encode(),
+            Some(PutOptions::new().with_lease(id)),
+        )];
+        ops.extend(ours.map(|e| TxnOp::delete(e.to_vec(), None)));
+        let txn = Txn::new().when(entry_is(holder.key(), token, holder.lease())).and_then(ops);
+        let resp = inner.write(&req.key, "refresh", txn).await?;
+        if resp.succeeded {
+            inner.revoke_later(holder.lease());
+            let lease = guard.into_lease();
+            let outcome =
+                granted(inner, req, holder.key().to_vec(), holder.create_revision(), resp.revision, lease, started);
+            return Ok(Some(outcome));
+        }
+        if !enqueued {
+            return Ok(None);
+        }
+        // The caller's old lease ended meanwhile: wait with the new entry.
+    } else if try_once {
+        inner.metrics.contended.inc();
+        // Nothing was written: the guard returns the lease to the pool.
+        let info = inspect::lock_info(inner, &req.key, Some(&holder), count).await?;
+        return Ok(Some(AcquireOutcome::NotAcquired(info)));
+    }
+    // Waiters are the entries behind the holder, ours included.
+    if count.saturating_sub(1) > inner.max_waiters {
+        guard.revoke_now().await;
+        return Err(CoreError::TooManyWaiters { key: req.key.clone(), limit: inner.max_waiters }.into());
+    }
+    guard.waiting = true;
+    // What the enqueue saw just ahead of the new entry (the first look).
+    let ahead = match resp.ops.get(3) {
+        Some(TxnOpResponse::Get(g)) if g.kvs().first().is_some_and(|kv| kv.create_revision() == rev) => {
+            g.kvs().get(1).map(|kv| Ahead::Entry(kv.key().to_vec(), rev, kv.key() == holder.key()))
+        }
+        _ => None,
+    };
+    let waiter =
+        Waiter { key: &req.key, entry: &entry, rev, share: req.share_result, deadline: started + req.wait, started };
+    match wait_turn(inner, &waiter, &mut guard.lease, ahead).await? {
+        Turn::Granted { at, mod_rev } => Ok(Some(granted(inner, req, entry, rev, mod_rev, guard.into_lease(), at))),
+        Turn::Shared(result) => {
+            guard.revoke_now().await;
+            inner.metrics.shared_results.inc();
+            let current = inspect::get(inner, &req.key).await?;
+            Ok(Some(AcquireOutcome::Shared { result: result.into(), current }))
+        }
+        Turn::TimedOut => {
+            // Leave the queue before answering, so the answer's state is true.
+            guard.revoke_now().await;
+            inner.metrics.wait_timeouts.inc();
+            Ok(Some(AcquireOutcome::NotAcquired(inspect::get(inner, &req.key).await?)))
+        }
+    }
+}
+
+/// Records a grant (for this sidecar's prompt expiry) and answers it.
+fn granted(
+    inner: &Arc<Inner>,
+    req: &AcquireRequest,
+    entry: Vec<u8>,
+    create_rev: i64,
+    mod_rev: i64,
+    lease: ActiveLease,
+    from: Instant,
+) -> AcquireOutcome {
+    let token = rev_token(create_rev);
+    let owner: Arc<str> = req.owner.as_str().into();
+    let ttl = secs(lease.ttl);
+    let held = Held { entry, lease: lease.id, ttl: lease.ttl, owner: owner.clone(), mod_rev, deadline: from + ttl };
+    inner.local.record(inner, &req.key, token, held, Some(lease));
+    inner.metrics.acquired.inc();
+    AcquireOutcome::Acquired(Grant { key: req.key.as_str().into(), owner, token, ttl })
+}
+
+/// Owns an acquire's lease until it is granted ([`LeaseGuard::into_lease`]).
+/// Dropped before that (the call went away, G6, or the acquire ended without
+/// a grant), it revokes the lease, deleting the entry with it, off the reply
+/// path; or, when no entry was written, returns the lease to the pool.
+struct LeaseGuard<'a> {
+    inner: &'a Arc<Inner>,
+    lease: ActiveLease,
+    armed: bool,
+    /// Whether an entry may exist on the lease.
+    written: bool,
+    /// Whether the entry is queued (so that a drop counts as a cancelled waiter).
+    waiting: bool,
+}
+
+impl<'a> LeaseGuard<'a> {
+    fn new(inner: &'a Arc<Inner>, lease: ActiveLease) -> Self {
+        LeaseGuard { inner, lease, armed: true, written: false, waiting: false }
+    }
+
+    /// Hands the lease over to its holder.
+    fn into_lease(mut self) -> ActiveLease {
+        self.armed = false;
+        std::mem::replace(&mut self.lease, ActiveLease::none())
+    }
+
+    /// Forgets a lease that has ended.
+    fn discard(&mut self) {
+        self.armed = false;
+    }
+
+    /// Revokes the lease (and the entry with it) now.
+    async fn revoke_now(&mut self) {
+        if std::mem::replace(&mut self.armed, false) {
+            if let Err(e) = self.inner.revoke(self.lease.id).await {
+                tracing::debug!(lease = self.lease.id, "revoke failed, the lease will expire by its TTL: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for LeaseGuard<'_> {
+    fn drop(&mut self) {
+        if !std::mem::replace(&mut self.armed, false) {
+            return;
+        }
+        if self.waiting {
+            self.inner.metrics.waiters_cancelled.inc();
+        }
+        if self.written {
+            self.inner.revoke_later(self.lease.id);
+        } else {
+            let lease = std::mem::replace(&mut self.lease, ActiveLease::none());
+            self.inner.pool.put(self.inner, lease);
+        }
+    }
+}
+
+/// A queued entry.
+struct Waiter<'a> {
+    key: &'a str,
+    entry: &'a [u8],
+    /// The entry's create revision: its place in the queue and its token.
+    rev: i64,
+    share: bool,
+    deadline: Instant,
+    /// When the acquire started: the lease's TTL began after it.
+    started: Instant,
+}
+
+/// How a wait ended.
+enum Turn {
+    /// Nobody is ahead and the waiter's lease was alive, its TTL restarted
+    /// after `at`; its entry has mod revision `mod_rev`.
+    Granted { at: Instant, mod_rev: i64 },
+    /// A holder released with a result this sharing waiter accepts.
+    Shared(Vec<u8>),
+    /// The wait timeout passed.
+    TimedOut,
+}
+
+/// What is ahead of a waiter.
+enum Ahead {
+    /// Nobody: the waiter's turn, if its own entry (mod revision) is still there.
+    Nobody(Option<i64>),
+    /// This entry, read at this store revision; whether it was the head
+    /// (then nobody else is ahead: entries never join ahead of others).
+    Entry(Vec<u8>, i64, bool),
+    /// A result released since the waiter queued (sharing waiters only).
+    Result(Vec<u8>),
+}
+
+/// Waits until nobody is ahead, a result arrives, or the wait times out,
+/// keeping the waiter's lease alive meanwhile.
+///
+/// When nobody is ahead, the waiter is granted only if the look found its own
+/// entry, which proves its lease alive (etcd issue 11456), and the lease
+/// covers a full TTL from the look: a look at the queue goes with a
+/// keep-alive of the waiter's lease, sent after the look began, unless the
+/// lease was restarted within the headroom before.
+///
+/// A waiter right behind the head (and not sharing, which must look for a
+/// result first) is granted on the head's deletion without reading etcd: its
+/// lease covering the TTL from now proves it alive, else a keep-alive must.
+async fn wait_turn(
+    inner: &Arc<Inner>,
+    w: &Waiter<'_>,
+    lease: &mut ActiveLease,
+    mut known: Option<Ahead>,
+) -> Result<Turn, BackendError> {
+    let deadline = tokio::time::Instant::from_std(w.deadline);
+    let mut closed = inner.closed.subscribe();
+    if *closed.borrow_and_update() {
+        return Err(BackendError::ShuttingDown);
+    }
+    let keep_alive_every = secs(lease.ttl) / 3;
+    let mut next_keep_alive = tokio::time::Instant::now() + keep_alive_every;
+    let results = inner.layout.results(w.key);
+    let mut results_watch = match w.share {
+        true => Some(inner.watch(&results, true, w.rev + 1, WatchFilterType::NoDelete).await?),
+        false => None,
+    };
+    let mut first_look = true;
+    loop {
+        let at = if first_look { w.started } else { Instant::now() };
+        first_look = false;
+        let (ahead, alive) = if let Some(ahead) = known.take() {
+            (ahead, true)
+        } else if lease.covers(at) {
+            (predecessor(inner, w, &results).await?, true)
+        } else {
+            let (ahead, alive) = tokio::join!(predecessor(inner, w, &results), lease.keep_alive(inner));
+            next_keep_alive = tokio::time::Instant::now() + keep_alive_every;
+            (ahead?, alive?)
+        };
+        let (ahead, read_at, head) = match ahead {
+            Ahead::Result(r) => return Ok(Turn::Shared(r)),
+            Ahead::Nobody(Some(mod_rev)) if alive => return Ok(Turn::Granted { at, mod_rev }),
+            Ahead::Nobody(_) => return Err(lease_lost(w, lease)),
+            Ahead::Entry(key, at, head) => (key, at, head),
+        };
+        if !alive {
+            return Err(lease_lost(w, lease));
+        }
+        let mut watch = inner.watch(&ahead, false, read_at + 1, WatchFilterType::NoPut).await?;
+        loop {
+            tokio::select! {
+                msg = watch.message() => {
+                    let resp = watch_message(inner, msg)?;
+                    let gone = resp.events().iter().any(|e| e.event_type() == EventType::Delete);
+                    if gone && head && !w.share {
+                        let at = Instant::now();
+                        if !lease.covers(at) && !lease.keep_alive(inner).await? {
+                            return Err(lease_lost(w, lease));
+                        }
+                        // A waiting entry is never rewritten: its mod revision is its create revision.
+                        return Ok(Turn::Granted { at, mod_rev: w.rev });
+                    }
+                    if gone || resp.canceled() {
+                        break; // look again: the entry ahead is gone (or the watch ended)
+                    }
+                }
+                msg = next_message(&mut results_watch) => {
+                    let resp = watch_message(inner, msg)?;
+                    let result = resp.events().iter().filter_map(|e| e.kv()).find(|kv| kv.mod_revision() > w.rev);
+                    if let Some(kv) = result {
+                        return Ok(Turn::Shared(kv.value().to_vec()));
+                    }
+                    if resp.canceled() {
+                        // Compacted away: the look in `predecessor` still finds results.
+                        results_watch = None;
+                    }
+                }
+                () = tokio::time::sleep_until(next_keep_alive) => {
+                    if !lease.keep_alive(inner).await? {
+                        return Err(lease_lost(w, lease));
+                    }
+                    next_keep_alive = tokio::time::Instant::now() + keep_alive_every;
+                }
+                () = tokio::time::sleep_until(deadline) => return Ok(Turn::TimedOut),
+                _ = closed.changed() => return Err(BackendError::ShuttingDown),
+            }
+        }
+    }
+}
+
+/// The next message of an optional watch (pending forever without one).
+async fn next_message(watch: &mut Option<WatchStream>) -> Result<Option<WatchResponse>, etcd_client::Error> {
+    match watch {
+        Some(w) => w.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A watch message, or UNAVAILABLE when the watch broke (etcd went away).
+fn watch_message(
+    inner: &Inner,
+    msg: Result<Option<WatchResponse>, etcd_client::Error>,
+) -> Result<WatchResponse, BackendError> {
+    match msg {
+        Ok(Some(resp)) => Ok(resp),
+        Ok(None) => Err(inner.unavailable("watch", &"the watch stream ended")),
+        Err(e) => Err(inner.unavailable("watch", &e)),
+    }
+}
+
+/// One linearizable read of what is ahead of the waiter: the entry just ahead,
+/// the waiter's own entry, and for a sharing waiter a result released since it queued.
+async fn predecessor(inner: &Inner, w: &Waiter<'_>, results: &[u8]) -> Result<Ahead, BackendError> {
+    let ahead = GetOptions::new()
+        .with_prefix()
+        .with_max_create_revision(w.rev - 1)
+        .with_sort(SortTarget::Create, SortOrder::Descend)
+        .with_limit(1)
+        .with_keys_only();
+    let queue = inner.layout.queue(w.key);
+    let mut ops = vec![
+        TxnOp::get(queue.clone(), Some(ahead)),
+        TxnOp::get(w.entry.to_vec(), Some(GetOptions::new().with_keys_only())),
+        first_op(&queue),
+    ];
+    if w.share {
+        let since = GetOptions::new().with_prefix().with_min_mod_revision(w.rev + 1).with_limit(1);
+        ops.push(TxnOp::get(results.to_vec(), Some(since)));
+    }
+    let resp = inner.txn("read the entry ahead", Txn::new().and_then(ops)).await?;
+    let ops = &resp.ops;
+    let first = |i: usize| match ops.get(i) {
+        Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
+        _ => None,
+    };
+    if let Some(kv) = first(3) {
+        return Ok(Ahead::Result(kv.value().to_vec()));
+    }
+    Ok(match first(0) {
+        Some(kv) => {
+            let head = first(2).is_some_and(|h| h.key() == kv.key());
+            Ahead::Entry(kv.key().to_vec(), resp.revision, head)
+        }
+        None => Ahead::Nobody(first(1).filter(|kv| kv.create_revision() == w.rev).map(|kv| kv.mod_revision())),
+    })
+}
+
+/// A waiter whose lease ended while it waited: never granted.
+fn lease_lost(w: &Waiter<'_>, lease: &ActiveLease) -> BackendError {
+    BackendError::Unavailable {
+        reason: format!(
+            "the wait for {:?} lost its etcd lease (was etcd unreachable for longer than its {} s TTL?); nothing was granted",
+            w.key, lease.ttl
+        ),
+    }
+}

@@ -1,0 +1,148 @@
+//! etcd leases as this sidecar handles them: [`ActiveLease`], a lease with
+//! its own keep-alive stream, and [`LeasePool`], the leases whose entries
+//! were released here, kept for the next acquire with the same TTL.
+//!
+//! Why a pool: granting and revoking a lease are each a raft write (a commit
+//! round trip). An acquire that takes a pooled lease needs neither, and a
+//! release deletes only the entry: a lock cycle then costs two commits, like
+//! etcd's own lock, instead of four. A pooled lease restarted within the
+//! headroom ([`HEADROOM_SECS`]) before the acquire still covers its TTL;
+//! an older one is restarted with a keep-alive sent alongside the enqueue
+//! transaction. A pooled lease carries no key; one that runs out in the pool
+//! is reaped by etcd like any other.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
+
+use super::{secs, CallError, EtcdLease, Inner, HEADROOM_SECS};
+use crate::error::BackendError;
+
+/// Pooled leases kept per TTL; more are revoked.
+const POOL_PER_TTL: usize = 1024;
+
+/// A lease in use by one acquire or holder, with its keep-alive stream once
+/// it has needed one.
+pub(super) struct ActiveLease {
+    /// The etcd lease id.
+    pub(super) id: i64,
+    /// The turnstile TTL it carries, in seconds (etcd's is [`HEADROOM_SECS`] more).
+    pub(super) ttl: i64,
+    /// A moment no later than the grant or keep-alive that last restarted its TTL.
+    refreshed: Instant,
+    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+}
+
+impl ActiveLease {
+    /// A lease whose TTL was (re)started no earlier than `refreshed`.
+    pub(super) fn new(lease: EtcdLease, refreshed: Instant) -> Self {
+        ActiveLease { id: lease.id, ttl: lease.ttl, refreshed, keeper: None }
+    }
+
+    /// A stand-in left behind when a lease is moved out of its owner.
+    pub(super) fn none() -> Self {
+        ActiveLease::new(EtcdLease { id: 0, ttl: 0 }, Instant::now())
+    }
+
+    /// Whether etcd keeps the lease for a full TTL counted from `from`
+    /// without a keep-alive: its TTL restarted at most the headroom before.
+    pub(super) fn covers(&self, from: Instant) -> bool {
+        from.saturating_duration_since(self.refreshed) <= secs(HEADROOM_SECS)
+    }
+
+    /// A time before which etcd cannot have expired the lease.
+    pub(super) fn alive_until(&self) -> Instant {
+        self.refreshed + secs(self.ttl + HEADROOM_SECS)
+    }
+
+    /// Restarts the lease's TTL now; false when the lease has ended (etcd never
+    /// renews an ended lease). Uses the lease's own stream, opened on first use.
+    pub(super) async fn keep_alive(&mut self, inner: &Inner) -> Result<bool, BackendError> {
+        let sent = Instant::now();
+        let alive = self.send_keep_alive(inner).await?;
+        if alive {
+            self.refreshed = sent;
+        }
+        Ok(alive)
+    }
+
+    async fn send_keep_alive(&mut self, inner: &Inner) -> Result<bool, BackendError> {
+        if let Some((keeper, stream)) = &mut self.keeper {
+            let exchange = async {
+                keeper.keep_alive().await?;
+                stream.message().await
+            };
+            match tokio::time::timeout(inner.timeout, exchange).await {
+                Ok(Ok(Some(resp))) => return inner.settle("lease keep-alive", Ok(resp.ttl() > 0)),
+                // The stream broke (etcd restarted, the connection dropped): open another.
+                Ok(_) => self.keeper = None,
+                Err(_) => {
+                    // An answer may still come; never read it as the next one.
+                    self.keeper = None;
+                    return inner.settle("lease keep-alive", Err(CallError::TimedOut));
+                }
+            }
+        }
+        let mut leases = inner.client.lease_client();
+        let res = match tokio::time::timeout(inner.timeout, leases.keep_alive(self.id)).await {
+            // etcd-client's answer to TTL 0: the lease is gone.
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => Ok(false),
+            Ok(Ok(keeper)) => {
+                self.keeper = Some(keeper);
+                Ok(true)
+            }
+            Ok(Err(e)) => Err(CallError::Etcd(e)),
+            Err(_) => Err(CallError::TimedOut),
+        };
+        inner.settle("lease keep-alive", res)
+    }
+}
+
+/// Leases without entries, by TTL, for reuse.
+#[derive(Default)]
+pub(super) struct LeasePool {
+    /// Held for a push or pop only, never across an `.await`.
+    by_ttl: Mutex<HashMap<i64, VecDeque<ActiveLease>>>,
+}
+
+impl LeasePool {
+    /// A pooled lease of `ttl` seconds that etcd keeps for at least `margin`
+    /// more; ones closer to their end are dropped (etcd reaps them).
+    pub(super) fn take(&self, ttl: i64, margin: Duration) -> Option<ActiveLease> {
+        let mut pool = self.by_ttl.lock().unwrap_or_else(|p| p.into_inner());
+        let leases = pool.get_mut(&ttl)?;
+        let fresh_from = Instant::now() + margin;
+        // The oldest ones that ran out go (closing their keep-alive streams).
+        while leases.front().is_some_and(|l| l.alive_until() <= fresh_from) {
+            leases.pop_front();
+        }
+        // Most recently used first: the likeliest to need no keep-alive.
+        while let Some(lease) = leases.pop_back() {
+            if lease.alive_until() > fresh_from {
+                return Some(lease);
+            }
+        }
+        None
+    }
+
+    /// Keeps `lease` (which must carry no key) for reuse, or revokes it when
+    /// the pool is full.
+    pub(super) fn put(&self, inner: &Arc<Inner>, lease: ActiveLease) {
+        let mut pool = self.by_ttl.lock().unwrap_or_else(|p| p.into_inner());
+        let leases = pool.entry(lease.ttl).or_default();
+        if leases.len() < POOL_PER_TTL {
+            leases.push_back(lease);
+        } else {
+            drop(pool);
+            inner.revoke_later(lease.id);
+        }
+    }
+
+    /// Empties the pool, returning the lease ids.
+    pub(super) fn drain(&self) -> Vec<i64> {
+        let mut pool = self.by_ttl.lock().unwrap_or_else(|p| p.into_inner());
+        pool.drain().flat_map(|(_, leases)| leases.into_iter().map(|l| l.id)).collect()
+    }
+}

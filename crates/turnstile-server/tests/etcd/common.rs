@@ -1,0 +1,115 @@
+//! Helpers of the etcd tests: sidecars over one real etcd, gRPC clients,
+//! requests, and waiting for a state with a deadline (never a bare sleep).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use turnstile_proto::v1::{self, lock_service_client::LockServiceClient};
+use turnstile_testkit::{Etcd, Turnstiled};
+
+pub(crate) type Client = LockServiceClient<Channel>;
+
+/// The etcd call timeout the sidecars of these tests run with.
+pub(crate) const ETCD_TIMEOUT: Duration = Duration::from_secs(1);
+/// etcd's shortest lease (whole seconds, with its default election timeout).
+pub(crate) const MIN_TTL: Duration = Duration::from_secs(2);
+pub(crate) const LONG: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
+
+/// A `turnstiled --backend etcd` over `etcd`, with `extra` flags.
+pub(crate) fn sidecar(etcd: &Etcd, extra: &[&str]) -> Turnstiled {
+    let mut args = vec!["--backend".to_owned(), "etcd".into(), "--etcd-endpoints".into(), etcd.url()];
+    args.extend(["--etcd-timeout".to_owned(), format!("{}ms", ETCD_TIMEOUT.as_millis())]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Turnstiled::start(args)
+}
+
+/// A gRPC client of `node`.
+pub(crate) async fn client(node: &Turnstiled) -> Client {
+    LockServiceClient::connect(node.url()).await.expect("connect to turnstiled")
+}
+
+/// A protobuf duration.
+pub(crate) fn pd(d: Duration) -> prost_types::Duration {
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+/// An Acquire request.
+pub(crate) fn acquire(key: &str, owner: &str, ttl: Duration, wait: Duration) -> v1::AcquireRequest {
+    v1::AcquireRequest {
+        key: key.into(),
+        owner: owner.into(),
+        ttl: Some(pd(ttl)),
+        wait_timeout: Some(pd(wait)),
+        share_result: false,
+    }
+}
+
+/// Acquires and expects a grant.
+pub(crate) async fn must_acquire(c: &mut Client, req: v1::AcquireRequest) -> v1::Lease {
+    let key = req.key.clone();
+    let r = c.acquire(req).await.expect("acquire call").into_inner();
+    assert!(r.acquired, "expected a grant of {key}, got {r:?}");
+    r.lease.expect("lease set when acquired")
+}
+
+/// Releases and expects the lease was live.
+pub(crate) async fn must_release(c: &mut Client, lease: &v1::Lease) {
+    let r = c
+        .release(v1::ReleaseRequest { key: lease.key.clone(), fencing_token: lease.fencing_token, result: None })
+        .await
+        .expect("release call")
+        .into_inner();
+    assert!(r.released, "release of {lease:?} found it ended");
+}
+
+/// The state of `key`.
+pub(crate) async fn get(c: &mut Client, key: &str) -> v1::LockInfo {
+    c.get_lock(v1::GetLockRequest { key: key.into() }).await.expect("get_lock").into_inner()
+}
+
+/// Polls `check` every few milliseconds until it holds, failing after `within`.
+pub(crate) async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until `key` has exactly `n` waiters.
+pub(crate) async fn await_waiters(c: &Client, key: &str, n: u32) {
+    eventually(&format!("{key} has {n} waiters"), Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move { get(&mut c, key).await.waiters == n }
+    })
+    .await;
+}
+
+/// Acquires once the sidecar can reach etcd again: UNAVAILABLE answers are
+/// retried every few milliseconds until `within` has passed.
+pub(crate) async fn acquire_when_served(c: &Client, req: v1::AcquireRequest, within: Duration) -> v1::Lease {
+    let deadline = Instant::now() + within;
+    loop {
+        match c.clone().acquire(req.clone()).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                assert!(r.acquired, "expected a grant of {}, got {r:?}", req.key);
+                return r.lease.expect("lease set when acquired");
+            }
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+                assert!(Instant::now() < deadline, "not served again within {within:?}: {e:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
