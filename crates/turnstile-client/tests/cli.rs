@@ -233,8 +233,8 @@ async fn a_missing_command_and_an_unreachable_coordinator_have_their_codes() {
     assert_eq!(out.status.code(), Some(127));
     let c = client(&node, TTL).await;
     assert!(c.get("nf:1").await.expect("get").holder.is_none(), "released after the failed start");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let out = output(turnstile(&format!("http://127.0.0.1:{port}"), &["--timeout", "500ms", "ls"])).await;
+    let refused = turnstile_testkit::RefusedPort::new();
+    let out = output(turnstile(&refused.url(), &["--timeout", "500ms", "ls"])).await;
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unavailable"));
     let out = output(turnstile(&node.url(), &["lock", "--ttl", "soon", "k", "--", "true"])).await;

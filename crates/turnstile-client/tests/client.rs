@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{client, eventually, server, within};
 use turnstile_client::{Client, Error, LostReason};
-use turnstile_testkit::Turnstiled;
+use turnstile_testkit::{RefusedPort, Turnstiled};
 
 const TTL: Duration = Duration::from_secs(10);
 
@@ -172,9 +172,8 @@ async fn invalid_arguments_name_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_coordinator_is_unavailable() {
-    // A port nobody listens on: bind one, then free it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let url = format!("http://127.0.0.1:{port}");
+    let refused = RefusedPort::new();
+    let url = refused.url();
     let err = Client::connect(url.clone()).await.expect_err("nobody listens");
     assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
     let lazy = Client::builder(url).call_timeout(Duration::from_millis(500)).connect_lazy().expect("lazy");

@@ -5,6 +5,7 @@
 //! - [`Turnstiled`]: one `turnstiled` child process, with the addresses it
 //!   bound (it prints them on its first stdout line).
 //! - [`TempDir`]: a directory removed on drop.
+//! - [`RefusedPort`]: a loopback address where connections are refused.
 //! - [`turnstiled_bin`]: where the binary is, building it if missing.
 //! - [`Etcd`] (module `etcd`): a real etcd on free loopback ports with a
 //!   temporary data dir, with stop, kill, pause and restart.
@@ -72,6 +73,36 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A loopback port that refuses connections: its socket is bound but never
+/// listens, so connects get `ECONNREFUSED`, and no other server can be handed
+/// the port while this value lives (unlike a port bound and freed again).
+#[derive(Debug)]
+pub struct RefusedPort {
+    _socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl RefusedPort {
+    /// Binds a fresh loopback port without listening on it.
+    pub fn new() -> RefusedPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("create a TCP socket");
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind a loopback port");
+        let addr = socket.local_addr().expect("bound address");
+        RefusedPort { _socket: socket, addr }
+    }
+
+    /// `http://<addr>`, for gRPC clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Default for RefusedPort {
+    fn default() -> Self {
+        RefusedPort::new()
     }
 }
 
