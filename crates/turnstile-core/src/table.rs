@@ -97,7 +97,7 @@ impl<W> LockTable<W> {
             },
         };
         match (status, wait) {
-            (Status::OwnLease(h), _) => Ok(Acquired::Granted(self.refresh(h, Some(nanos(args.ttl)), now, args.key))),
+            (Status::OwnLease(h), _) => Ok(Acquired::Refreshed(self.refresh(h, Some(nanos(args.ttl)), now, args.key))),
             (Status::Busy { waiters, .. }, Some(_)) if waiters >= self.config.max_waiters_per_key => {
                 Err(CoreError::TooManyWaiters { key: args.key.to_owned(), limit: self.config.max_waiters_per_key })
             }

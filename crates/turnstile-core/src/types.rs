@@ -63,8 +63,12 @@ pub struct AcquireArgs<'a> {
 /// The immediate outcome of [`crate::LockTable::acquire`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquired {
-    /// Granted now: a new lease, or the caller's own lease refreshed (G5).
+    /// Granted now: a new lease with a new fencing token.
     Granted(Lease),
+    /// The caller already held the key: its own lease, same token, with the
+    /// TTL refreshed from now (G5). Unlike a new grant, the host must not
+    /// take it back if the reply cannot be delivered: the owner holds it.
+    Refreshed(Lease),
     /// Held by someone else and the caller did not ask to wait.
     Contended(LockInfo),
     /// Queued; a later [`Effect`] answers the waiter.

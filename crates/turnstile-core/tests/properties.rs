@@ -204,6 +204,13 @@ fn granted(r: Result<Acquired, CoreError>) -> turnstile_core::Lease {
     }
 }
 
+fn refreshed(r: Result<Acquired, CoreError>) -> turnstile_core::Lease {
+    match r {
+        Ok(Acquired::Refreshed(l)) => l,
+        other => panic!("expected Refreshed, got {other:?}"),
+    }
+}
+
 fn queued(r: Result<Acquired, CoreError>) -> WaiterId {
     match r {
         Ok(Acquired::Queued(id)) => id,
@@ -306,7 +313,7 @@ fn g4_fifo_waiters_are_granted_in_arrival_order() {
 fn g5_reacquire_by_holder_keeps_token_and_refreshes_expiry() {
     let mut t = table();
     let first = granted(t.acquire(&args("k", "a", SEC), None, Time::ZERO));
-    let again = granted(t.acquire(&args("k", "a", 2 * SEC), wait(Time::from_millis(900), 9), Time::from_millis(900)));
+    let again = refreshed(t.acquire(&args("k", "a", 2 * SEC), wait(Time::from_millis(900), 9), Time::from_millis(900)));
     assert_eq!(again.token, first.token);
     assert_eq!(again.expires_at, Time::from_millis(2_900));
     t.tick(Time::from_millis(1_000));

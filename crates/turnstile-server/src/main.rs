@@ -53,38 +53,37 @@ async fn serve_with<B: Backend>(
         .await
         .with_context(|| format!("binding --http-listen {}", config.http_listen))?;
     let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
+    let shutdown = shutdown_signal().context("installing the SIGTERM/SIGINT handlers")?;
     tracing::info!(grpc = %grpc_addr, http = %http_addr, backend = name, "turnstiled listening");
     // One machine-readable line, so scripts and tests that bind port 0 learn the ports.
     println!("turnstiled listening grpc={grpc_addr} http={http_addr}");
     std::io::stdout().flush()?;
-    run(backend, config, metrics, leases_held, grpc, http, shutdown_signal()).await?;
+    run(backend, config, metrics, leases_held, grpc, http, shutdown).await?;
     Ok(())
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for SIGINT: {e}");
-            std::future::pending::<()>().await;
+/// Installs the SIGTERM and SIGINT handlers now (so a signal that arrives
+/// right after the ready line is not fatal) and returns a future that
+/// completes on the first of them.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
+    })
+}
+
+/// Completes on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("Ctrl-C received");
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
-    }
+    })
 }

@@ -23,6 +23,9 @@ use crate::service::LockServiceImpl;
 use crate::telemetry::Metrics;
 use crate::validate::Limits;
 
+/// Decoding room for a request beyond its result: key, owner and framing.
+const REQUEST_OVERHEAD: usize = 64 * 1024;
+
 /// How long graceful shutdown waits for in-flight calls.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -75,12 +78,15 @@ pub async fn run<B: Backend>(
             .register_encoded_file_descriptor_set(turnstile_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
+    let decode_limit = config.max_result_bytes + REQUEST_OVERHEAD;
     let lock_service = LockServiceServer::new(LockServiceImpl::new(backend.clone(), limits, metrics.clone()))
         // Room for the largest result plus the rest of the request.
-        .max_decoding_message_size(config.max_result_bytes + 64 * 1024);
+        .max_decoding_message_size(decode_limit);
 
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let max_result = config.max_result_bytes;
     let grpc_server = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(move |res| too_large_is_exhausted(res, max_result)))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -118,6 +124,8 @@ pub async fn run<B: Backend>(
     tracing::info!("shutting down: refusing new calls, answering waiters, finishing in-flight calls");
     state.serving.store(false, Ordering::Release);
     health.set_not_serving::<LockServiceServer<LockServiceImpl<B>>>().await;
+    // "" is the server as a whole, which is what most probes ask about.
+    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     backend.close();
     let _ = stop_grpc.send(());
     match tokio::time::timeout(DRAIN_TIMEOUT, &mut grpc_task).await {
@@ -153,4 +161,27 @@ async fn ready_handler<B: Backend>(State(s): State<Arc<Http<B>>>) -> (StatusCode
         Some(why) => (StatusCode::OK, format!("ready, {why}\n")),
         None => (StatusCode::OK, "ready\n".into()),
     }
+}
+
+/// tonic's codec refuses a request over the decoding limit with
+/// `OUT_OF_RANGE` before any handler runs; DESIGN.md answers every limit
+/// breach with `RESOURCE_EXHAUSTED` naming the field. Only the codec answers
+/// `OUT_OF_RANGE` here, and only a large `result` can make a request that big.
+fn too_large_is_exhausted(
+    mut res: tonic::codegen::http::Response<tonic::body::Body>,
+    max_result: usize,
+) -> tonic::codegen::http::Response<tonic::body::Body> {
+    use tonic::codegen::http::HeaderValue;
+    let out_of_range = HeaderValue::from(tonic::Code::OutOfRange as i32);
+    if res.headers().get("grpc-status") == Some(&out_of_range) {
+        let message = format!(
+            "request too large: result may be at most {max_result} bytes (max result bytes); the release did not happen"
+        );
+        if let Ok(message) = HeaderValue::from_str(&message) {
+            let headers = res.headers_mut();
+            headers.insert("grpc-status", HeaderValue::from(tonic::Code::ResourceExhausted as i32));
+            headers.insert("grpc-message", message);
+        }
+    }
+    res
 }

@@ -129,6 +129,10 @@ pub fn list(req: &v1::ListLocksRequest) -> Result<(String, Option<String>, usize
             format!("is {} bytes, more than the maximum of {MAX_KEY_BYTES}", req.prefix.len()),
         ));
     }
+    // No key holds a control character, so such a prefix is a mistake.
+    if let Some(c) = req.prefix.chars().find(|c| c.is_control()) {
+        return Err(invalid("prefix", format!("contains the control character {c:?}")));
+    }
     let after = if req.page_token.is_empty() {
         None
     } else {
@@ -216,6 +220,8 @@ mod tests {
     #[test]
     fn list_checks_prefix_and_page_token() {
         let r = v1::ListLocksRequest { prefix: "a".repeat(513), ..Default::default() };
+        assert_eq!(list(&r).unwrap_err().field, "prefix");
+        let r = v1::ListLocksRequest { prefix: "a\n".into(), ..Default::default() };
         assert_eq!(list(&r).unwrap_err().field, "prefix");
         let r = v1::ListLocksRequest { prefix: "a:".into(), page_token: "b:1".into(), page_size: 0 };
         assert_eq!(list(&r).unwrap_err().field, "page_token");

@@ -315,12 +315,15 @@ impl Harness {
         let held = self.keys.iter().filter(|k| k.holder.is_some()).count();
         let km = &self.keys[key];
         let live = km.live_holder(now).cloned();
+        let refreshed = matches!(r, Ok(Acquired::Refreshed(_)));
         match r {
-            Ok(Acquired::Granted(lease)) => {
+            Ok(Acquired::Granted(lease) | Acquired::Refreshed(lease)) => {
                 assert_eq!(&*lease.key, KEYS[key]);
                 assert_eq!(lease.owner_idx(), owner, "acquire granted a lease to another owner");
                 assert_eq!(lease.ttl, ttl);
                 assert_eq!(lease.expires_at, now + ttl, "granted lease must run ttl from now");
+                let own = live.as_ref().is_some_and(|h| h.owner == owner);
+                assert_eq!(refreshed, own, "Refreshed must be reported exactly when the owner already held the key");
                 match live {
                     Some(h) if h.owner == owner => {
                         assert_eq!(

@@ -287,6 +287,9 @@ impl Drop for QueueGuard<'_> {
         }
         let (key, id) = (self.key, self.id);
         let rx = &mut self.rx;
+        // Closed first: an answer sent from now on fails and its sender takes
+        // the grant back (`Inner::deliver`); one sent before is read below.
+        rx.close();
         self.inner.with_table(self.idx, |t, now| {
             if !t.cancel(key, id, now) {
                 // Already answered: a grant sent before we got here is ours to undo.
@@ -339,8 +342,14 @@ impl Backend for MemoryBackend {
             (Some(tx), Some(rx))
         };
         let outcome = inner.with_table(idx, |t, now| {
+            // Checked again under the shard lock: `close` answers this shard's
+            // waiters under the same lock, so nothing is granted or queued
+            // after it (and so after the shutdown snapshot).
+            if inner.closed.load(Ordering::Acquire) {
+                return (Err(BackendError::ShuttingDown), None);
+            }
             let wait = payload.take().map(|payload| Wait { until: now + req.wait, payload });
-            let out = t.acquire(&args, wait, now);
+            let out = t.acquire(&args, wait, now).map_err(BackendError::from);
             let deadline = match &out {
                 Ok(Acquired::Granted(l)) => Some(l.expires_at),
                 Ok(Acquired::Queued(_)) => Some(now + req.wait),
@@ -356,6 +365,14 @@ impl Backend for MemoryBackend {
             Acquired::Granted(lease) => {
                 inner.metrics.acquired.inc();
                 inner.hand_over(idx, lease).await
+            }
+            Acquired::Refreshed(lease) => {
+                // The owner held the key before this call and still does: if
+                // persisting fails or the caller goes away, the lease stays
+                // (the owner counts only on what it was told before).
+                inner.metrics.acquired.inc();
+                inner.make_durable(&lease).await?;
+                Ok(AcquireOutcome::Acquired(grant(&lease)))
             }
             Acquired::Contended(info) => {
                 inner.metrics.contended.inc();
@@ -390,7 +407,14 @@ impl Backend for MemoryBackend {
         let inner = &self.inner;
         inner.check_open()?;
         let idx = inner.shard_of(&key);
-        let lease = inner.with_table(idx, |t, now| t.renew(&key, token, ttl, now))?;
+        let lease = inner.with_table(idx, |t, now| {
+            // Under the shard lock, as in `acquire`: no lease is extended past
+            // what the shutdown snapshot records.
+            if inner.closed.load(Ordering::Acquire) {
+                return Err(BackendError::ShuttingDown);
+            }
+            t.renew(&key, token, ttl, now).map_err(BackendError::from)
+        })?;
         inner.schedule(idx, lease.expires_at);
         // If this fails the client never hears of the extension, so by the
         // clock rule it does not count on it: failing is safe.

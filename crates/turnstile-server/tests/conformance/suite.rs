@@ -30,7 +30,14 @@ pub(crate) async fn g1_concurrent_acquirers_never_overlap(fx: &dyn Fixture) {
                 let lease = must_acquire(&mut c, acquire("g1", &format!("owner-{i}"), LONG, WAIT)).await;
                 let before = inside.fetch_add(1, Ordering::SeqCst);
                 assert_eq!(before, 0, "owner-{i} round {round} entered while another holder was inside");
-                tokio::task::yield_now().await; // the critical section: let others run
+                // The critical section: a round trip to the coordinator, which
+                // must still name this lease as the holder.
+                let info = get(&mut c, "g1").await;
+                assert_eq!(
+                    (info.owner.as_str(), info.fencing_token),
+                    (lease.owner.as_str(), lease.fencing_token),
+                    "owner-{i} round {round}: the coordinator names another holder while we hold the key"
+                );
                 inside.fetch_sub(1, Ordering::SeqCst);
                 grants.fetch_add(1, Ordering::SeqCst);
                 must_release(&mut c, &lease).await;
@@ -46,9 +53,12 @@ pub(crate) async fn g1_concurrent_acquirers_never_overlap(fx: &dyn Fixture) {
 /// G2: tokens strictly increase over 1,000 grants, across a graceful restart
 /// and across a SIGKILL restart with the same state.
 pub(crate) async fn g2_tokens_increase_over_grants_and_graceful_and_crash_restarts(fx: &dyn Fixture) {
-    let node = fx.start(&[]);
+    let node = fx.start(BLOCK);
     let mut c = client(&node).await;
     let mut last = 0;
+    // A small token block (memory backend), so 1,000 grants cross it ten
+    // times and both restarts must continue above a persisted block end.
+    const BLOCK: &[&str] = &["--token-block", "100"];
     for i in 0..1000 {
         // Alternate owners and keys: tokens must grow per key whoever holds it.
         // Short leases: after the crash below, grants wait out the longest
@@ -61,7 +71,7 @@ pub(crate) async fn g2_tokens_increase_over_grants_and_graceful_and_crash_restar
     let (status, log) = node.terminate();
     assert!(status.success(), "graceful shutdown exits 0: {status} {log}");
 
-    let node = fx.start(&[]);
+    let node = fx.start(BLOCK);
     let mut c = client(&node).await;
     let lease = must_acquire(&mut c, acquire("g2", "after-graceful", SHORT, WAIT)).await;
     assert!(lease.fencing_token > last, "after graceful restart: {} <= {last}", lease.fencing_token);
@@ -69,7 +79,7 @@ pub(crate) async fn g2_tokens_increase_over_grants_and_graceful_and_crash_restar
     // Crash while the lease is held.
     node.kill();
 
-    let node = fx.start(&[]);
+    let node = fx.start(BLOCK);
     let mut c = client(&node).await;
     if fx.crash_holds_grants() {
         // The crashed process's lease may still be believed in: no grant yet,
@@ -263,6 +273,27 @@ pub(crate) async fn g8_each_invalid_field_is_refused_by_name_and_changes_nothing
     assert!(err.code() == Code::InvalidArgument && err.message().contains("key"), "{err:?}");
     let err = c.get_lock(v1::GetLockRequest { key: "a\tb".into() }).await.unwrap_err();
     assert!(err.code() == Code::InvalidArgument && err.message().contains("key"), "{err:?}");
+    // Every RPC that names a key refuses every kind of bad key by name.
+    for bad in [String::new(), "k".repeat(513), "bad\nkey".into(), "bad\u{7f}key".into(), "a\u{1b}[2J".into()] {
+        let refused = |r: Result<(), tonic::Status>, rpc: &str| {
+            let err = r.expect_err(&format!("{rpc} with key {bad:?} must be refused"));
+            assert!(err.code() == Code::InvalidArgument && err.message().contains("key"), "{rpc} {bad:?}: {err:?}");
+        };
+        let renew = v1::RenewRequest { key: bad.clone(), fencing_token: lease.fencing_token, ttl: None };
+        refused(c.renew(renew).await.map(drop), "Renew");
+        let release = v1::ReleaseRequest { key: bad.clone(), fencing_token: lease.fencing_token, result: None };
+        refused(c.release(release).await.map(drop), "Release");
+        refused(c.get_lock(v1::GetLockRequest { key: bad.clone() }).await.map(drop), "GetLock");
+    }
+    // A malformed duration (nanos out of range) is refused by name too.
+    for nanos in [-1, 1_000_000_000] {
+        let bad = prost_types::Duration { seconds: 1, nanos };
+        let err = c.acquire(v1::AcquireRequest { ttl: Some(bad), ..ok() }).await.unwrap_err();
+        assert!(err.code() == Code::InvalidArgument && err.message().contains("ttl"), "nanos {nanos}: {err:?}");
+        let renew = v1::RenewRequest { key: "g8".into(), fencing_token: lease.fencing_token, ttl: Some(bad) };
+        let err = c.renew(renew).await.unwrap_err();
+        assert!(err.code() == Code::InvalidArgument && err.message().contains("ttl"), "nanos {nanos}: {err:?}");
+    }
     let err = c.list_locks(v1::ListLocksRequest { prefix: "p".repeat(600), ..Default::default() }).await.unwrap_err();
     assert!(err.code() == Code::InvalidArgument && err.message().contains("prefix"), "{err:?}");
 
@@ -296,6 +327,13 @@ pub(crate) async fn g8_limits_are_resource_exhausted_and_change_nothing(fx: &dyn
         })
         .await
         .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("result"), "{err:?}");
+    // Far past the limit, the request is refused before it is even decoded:
+    // the same status, naming the same field.
+    let huge =
+        v1::ReleaseRequest { key: "lim".into(), fencing_token: holder.fencing_token, result: Some(vec![0; 512 << 10]) };
+    let err = c.release(huge).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("result"), "{err:?}");
     let info = get(&mut c, "lim").await;
