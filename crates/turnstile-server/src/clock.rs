@@ -1,6 +1,12 @@
 //! [`Clock`]: the one place the server reads time. It maps the monotonic
 //! clock onto the core's [`Time`], onto tokio instants for timers, and onto
 //! wall-clock time for the persisted lease horizon and snapshot.
+//!
+//! The wall-clock projection is taken afresh at every call (wall now plus the
+//! monotonic distance to `t`), not from a wall time read once at start-up: if
+//! the system clock is stepped while the process runs (NTP correcting a VM
+//! that booted slow), what is persisted is still in the wall time the next
+//! process will read, so a horizon never looks passed before it is.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,7 +16,6 @@ use turnstile_core::Time;
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     origin: Instant,
-    wall_origin: SystemTime,
 }
 
 impl Default for Clock {
@@ -22,7 +27,7 @@ impl Default for Clock {
 impl Clock {
     /// A clock starting now.
     pub fn new() -> Self {
-        Clock { origin: Instant::now(), wall_origin: SystemTime::now() }
+        Clock { origin: Instant::now() }
     }
 
     /// Now, on the monotonic clock.
@@ -35,17 +40,30 @@ impl Clock {
         tokio::time::Instant::from_std(self.origin + Duration::from_nanos(t.as_nanos()))
     }
 
-    /// `t` projected onto the wall clock, in milliseconds since the Unix epoch.
+    /// `t` projected onto the wall clock as it reads now, in milliseconds
+    /// since the Unix epoch.
     pub fn unix_millis(&self, t: Time) -> u64 {
-        let wall = self.wall_origin + Duration::from_nanos(t.as_nanos());
-        wall.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        let now = self.now();
+        let wall_now = SystemTime::now();
+        let wall = if t >= now {
+            wall_now.checked_add(t.saturating_since(now))
+        } else {
+            wall_now.checked_sub(now.saturating_since(t))
+        };
+        wall.and_then(|w| w.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// The monotonic instant of a wall-clock time in milliseconds since the
     /// Unix epoch (instants before the clock's origin map to its origin).
     pub fn from_unix_millis(&self, ms: u64) -> Time {
-        let origin_ms = self.unix_millis(Time::ZERO);
-        Time::ZERO + Duration::from_millis(ms.saturating_sub(origin_ms))
+        let now = self.now();
+        let now_ms = self.unix_millis(now);
+        if ms >= now_ms {
+            now + Duration::from_millis(ms - now_ms)
+        } else {
+            now - Duration::from_millis(now_ms - ms)
+        }
     }
 }
 
@@ -57,7 +75,17 @@ mod tests {
     fn wall_and_monotonic_round_trip_to_the_millisecond() {
         let c = Clock::new();
         let t = Time::from_millis(12_345);
-        assert_eq!(c.from_unix_millis(c.unix_millis(t)), t);
+        let back = c.from_unix_millis(c.unix_millis(t));
+        // Two readings of each clock lie between: allow a few milliseconds.
+        assert!(back.max(t).saturating_since(back.min(t)) < Duration::from_millis(5), "{t:?} -> {back:?}");
         assert_eq!(c.from_unix_millis(0), Time::ZERO);
+    }
+
+    #[test]
+    fn the_wall_projection_follows_the_wall_clock_of_each_call() {
+        let c = Clock::new();
+        let wall_now = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_millis() as u64;
+        let ahead = c.unix_millis(c.now() + Duration::from_secs(10));
+        assert!(ahead.abs_diff(wall_now + 10_000) < 5, "{ahead} vs {wall_now}");
     }
 }
