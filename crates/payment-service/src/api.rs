@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `POST /payments` | `{"amount_cents": 1999, "currency": "EUR"}` → 201, payment in state EMPTY |
 //! | `GET /payments/{id}` | the payment |
-//! | `PUT /payments/{id}` | conduct it: lock, read, charge, fenced write PAID |
+//! | `PUT /payments/{id}` | conduct it: lock, claim the row, charge, fenced write PAID |
 //! | `GET /provider/charges[?payment_id=N]` | the simulated provider's ledger |
 
 use std::sync::Arc;

@@ -52,9 +52,38 @@ pub(crate) enum ApiError {
         /// When the current lease ends unless renewed, if known.
         expires_in: Option<Duration>,
     },
-    /// The fenced write was refused: this PUT's lease had passed to a newer
-    /// holder, whose write stands.
-    #[error("lease lost: payment {id} was written by a newer lock holder (token {current} > {token}); this PUT wrote nothing")]
+    /// The claim before charging was refused: a newer lease holder (token
+    /// `current`) owns the payment, so this PUT's lease has ended. Nothing
+    /// was charged or written.
+    #[error(
+        "lease lost: payment {id} is owned by a newer lock holder (token {current} >= {token}); this PUT charged nothing"
+    )]
+    Superseded {
+        /// The payment.
+        id: i64,
+        /// This PUT's token.
+        token: u64,
+        /// The row's token.
+        current: u64,
+    },
+    /// The lease was known lost after the claim, before charging. Nothing
+    /// was charged; a retry takes a new lease.
+    #[error("lease lost before charging payment {id} (token {token}: {reason}); this PUT charged nothing")]
+    LeaseLost {
+        /// The payment.
+        id: i64,
+        /// This PUT's token.
+        token: u64,
+        /// Why the lease is lost.
+        reason: turnstile_client::LostReason,
+    },
+    /// The fenced PAID write was refused: while this PUT charged, its lease
+    /// passed to a newer holder that claimed the payment, whose write stands.
+    /// This PUT's charge happened and was not recorded: it needs a refund.
+    #[error(
+        "lease lost: payment {id} was taken over by a newer lock holder (token {current} > {token}) while this PUT \
+         charged; its charge {charge_id} was not recorded and needs a refund"
+    )]
     FencedOut {
         /// The payment.
         id: i64,
@@ -62,6 +91,8 @@ pub(crate) enum ApiError {
         token: u64,
         /// The row's token.
         current: u64,
+        /// This PUT's charge, which the row does not record.
+        charge_id: String,
     },
     /// turnstiled cannot be reached or refused the call.
     #[error("lock service unavailable: {0}")]
@@ -82,7 +113,10 @@ impl ApiError {
             | ApiError::InvalidId { .. }
             | ApiError::InvalidQuery { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::Locked { .. } | ApiError::FencedOut { .. } => StatusCode::CONFLICT,
+            ApiError::Locked { .. }
+            | ApiError::Superseded { .. }
+            | ApiError::LeaseLost { .. }
+            | ApiError::FencedOut { .. } => StatusCode::CONFLICT,
             ApiError::LockUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Storage(_) | ApiError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

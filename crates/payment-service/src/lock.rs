@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use turnstile_client::{Client, LockGuard};
+use turnstile_client::{Client, LockGuard, LostReason};
 
 use crate::config::{Config, LockMode};
 
@@ -44,8 +44,14 @@ impl Held {
         self.0.as_ref().map(LockGuard::fencing_token)
     }
 
+    /// Why the lease is known lost, or `None` while it is valid (and always
+    /// `None` without a lock).
+    pub(crate) fn lost_reason(&self) -> Option<LostReason> {
+        self.0.as_ref().and_then(LockGuard::lost_reason)
+    }
+
     /// Releases the lease now rather than on drop, and logs if it had
-    /// already been lost (the fenced write has decided by then what stands).
+    /// already been lost (the fenced writes have decided by then what stands).
     pub(crate) async fn release(self) {
         if let Some(guard) = self.0 {
             let (key, token) = (guard.key().to_owned(), guard.fencing_token());

@@ -4,8 +4,10 @@
 //! `PUT /payments/{id}` reads the payment, calls a slow payment provider and
 //! marks the payment PAID. Two concurrent PUTs would both read EMPTY and both
 //! charge the card; here each PUT holds the lease `payment:{id}` around that
-//! section, and the PAID write carries the lease's fencing token, so a holder
-//! whose lease expired (a long pause) cannot overwrite a newer one.
+//! section, claims the row with the lease's fencing token before charging,
+//! and writes PAID only if the row still carries that token, so a holder
+//! whose lease expired (a long pause) cannot overwrite a newer one, whichever
+//! of the two writes first.
 //! `--no-lock` runs the broken version for comparison.
 //!
 //! # Layout
@@ -13,10 +15,10 @@
 //!   bound address), serving until SIGTERM/SIGINT.
 //! - `config.rs`: the clap flags and their validation.
 //! - `api.rs`: routes and thin handlers.
-//! - `conduct.rs`: the PUT itself: lock, read, charge, fenced write.
+//! - `conduct.rs`: the PUT itself: lock, claim, charge, fenced write.
 //! - `lock.rs`: the lock modes (try, wait, none) over `turnstile-client`.
 //! - `provider.rs`: the simulated, slow, counted payment provider.
-//! - `store.rs`: SQLite tables and the fenced write.
+//! - `store.rs`: SQLite tables, the fenced claim and the fenced write.
 //! - `error.rs`: API errors and their HTTP mapping.
 
 mod api;

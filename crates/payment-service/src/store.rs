@@ -1,10 +1,16 @@
 //! SQLite storage: the `payments` table with its fenced PAID write, and the
 //! simulated provider's own ledger of charges (`provider_charges`).
 //!
-//! Every row of `payments` keeps `fence`: the fencing token of its last
-//! writer. [`mark_paid_fenced`] applies only when the writer's token is
-//! greater, so a holder whose lease has passed to someone else cannot
-//! overwrite what the newer holder wrote.
+//! Every row of `payments` keeps `fence`: the fencing token of the lease
+//! holder that owns the row. A PUT under a lease writes the row twice:
+//!
+//! 1. [`claim`], before charging: `fence = token` where `fence < token` and
+//!    the payment is still EMPTY. A PUT that cannot claim the row charges
+//!    nothing: either the payment is PAID already or a newer holder owns it.
+//! 2. [`mark_paid_fenced`], after charging: PAID only where `fence = token`,
+//!    i.e. nobody has claimed the row since. A holder whose lease passed to
+//!    a newer one (which claimed the row) is refused, whichever of the two
+//!    reaches its final write first.
 //!
 //! The SQL lives in plain functions over a `&Connection` (unit-tested below
 //! on an in-memory database); [`Store`] runs them on tokio's blocking pool.
@@ -82,7 +88,7 @@ pub(crate) struct Payment {
     pub(crate) state: PaymentState,
     /// The provider's charge id, once PAID.
     pub(crate) charge_id: Option<String>,
-    /// Fencing token of the last fenced writer (0: none yet).
+    /// Fencing token of the lease holder that last claimed the row (0: none yet).
     #[serde(rename = "fencing_token")]
     pub(crate) fence: u64,
 }
@@ -100,14 +106,33 @@ pub(crate) struct ProviderCharge {
     pub(crate) currency: String,
 }
 
-/// Outcome of a fenced write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Outcome of [`claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// The row was EMPTY with an older fence and now carries the claimer's
+    /// token: the claimer may charge.
+    Claimed(Payment),
+    /// The payment is PAID already: nothing to charge.
+    AlreadyPaid(Payment),
+    /// The row is EMPTY but carries `current` ≥ the claimer's token: a newer
+    /// lease holder owns it, so the claimer's lease has ended.
+    Superseded {
+        /// The token of the newer holder.
+        current: u64,
+    },
+    /// No such row.
+    Missing,
+}
+
+/// Outcome of [`mark_paid_fenced`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum WriteOutcome {
-    /// The row now carries the writer's token.
-    Applied,
-    /// The row already carries `current` ≥ the writer's token: nothing written.
+    /// The row is PAID with the writer's charge id; the payment as written.
+    Applied(Payment),
+    /// The row no longer carries the writer's token: a newer holder (token
+    /// `current`) claimed it after the writer did. Nothing written.
     FencedOut {
-        /// The token of the newer writer.
+        /// The row's token now.
         current: u64,
     },
     /// No such row.
@@ -115,7 +140,9 @@ pub(crate) enum WriteOutcome {
 }
 
 /// A fencing token as SQLite stores it (INTEGER is signed 64-bit). Tokens
-/// above `i64::MAX` saturate, which keeps the order of every token up to it.
+/// above `i64::MAX` saturate, which keeps the order of every token up to it;
+/// past it a newer token cannot claim a row an older one holds (refused, not
+/// let in twice).
 fn token_to_sql(token: u64) -> i64 {
     i64::try_from(token).unwrap_or(i64::MAX)
 }
@@ -149,11 +176,14 @@ fn payment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Payment> {
     })
 }
 
+const PAYMENT_COLUMNS: &str = "id, amount_cents, currency, state, charge_id, fence";
+
 /// Inserts a payment in state EMPTY.
 pub(crate) fn create_payment(conn: &Connection, amount_cents: i64, currency: &str) -> rusqlite::Result<Payment> {
     conn.query_row(
-        "INSERT INTO payments (amount_cents, currency, state) VALUES (?1, ?2, 'EMPTY')
-         RETURNING id, amount_cents, currency, state, charge_id, fence",
+        &format!(
+            "INSERT INTO payments (amount_cents, currency, state) VALUES (?1, ?2, 'EMPTY') RETURNING {PAYMENT_COLUMNS}"
+        ),
         params![amount_cents, currency],
         payment_from_row,
     )
@@ -161,30 +191,56 @@ pub(crate) fn create_payment(conn: &Connection, amount_cents: i64, currency: &st
 
 /// Reads one payment.
 pub(crate) fn get_payment(conn: &Connection, id: i64) -> rusqlite::Result<Option<Payment>> {
-    conn.query_row(
-        "SELECT id, amount_cents, currency, state, charge_id, fence FROM payments WHERE id = ?1",
-        [id],
-        payment_from_row,
-    )
-    .optional()
+    conn.query_row(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = ?1"), [id], payment_from_row).optional()
 }
 
-/// Marks a payment PAID with `charge_id` if, and only if, `token` is greater
-/// than the token of the row's last writer. The comparison and the write are
-/// one statement, so no other writer can come between them.
+/// Claims an EMPTY payment for the lease holder with `token`, before it
+/// charges: the row takes the token only if its fence is smaller and it is
+/// still EMPTY. Check and write are one statement, so no other writer can
+/// come between them.
+pub(crate) fn claim(conn: &Connection, id: i64, token: u64) -> rusqlite::Result<Claim> {
+    let claimed = conn
+        .query_row(
+            &format!(
+                "UPDATE payments SET fence = ?2 WHERE id = ?1 AND fence < ?2 AND state = 'EMPTY'
+                 RETURNING {PAYMENT_COLUMNS}"
+            ),
+            params![id, token_to_sql(token)],
+            payment_from_row,
+        )
+        .optional()?;
+    if let Some(p) = claimed {
+        return Ok(Claim::Claimed(p));
+    }
+    Ok(match get_payment(conn, id)? {
+        None => Claim::Missing,
+        Some(p) if p.state == PaymentState::Paid => Claim::AlreadyPaid(p),
+        Some(p) => Claim::Superseded { current: p.fence },
+    })
+}
+
+/// Marks a payment PAID with `charge_id` if, and only if, the row still
+/// carries `token` from this holder's [`claim`] (and is still EMPTY): a
+/// newer holder that claimed the row since makes this write a no-op. The
+/// comparison and the write are one statement.
 pub(crate) fn mark_paid_fenced(
     conn: &Connection,
     id: i64,
     charge_id: &str,
     token: u64,
 ) -> rusqlite::Result<WriteOutcome> {
-    let token = token_to_sql(token);
-    let changed = conn.execute(
-        "UPDATE payments SET state = 'PAID', charge_id = ?2, fence = ?3 WHERE id = ?1 AND fence < ?3",
-        params![id, charge_id, token],
-    )?;
-    if changed == 1 {
-        return Ok(WriteOutcome::Applied);
+    let written = conn
+        .query_row(
+            &format!(
+                "UPDATE payments SET state = 'PAID', charge_id = ?2 WHERE id = ?1 AND fence = ?3 AND state = 'EMPTY'
+                 RETURNING {PAYMENT_COLUMNS}"
+            ),
+            params![id, charge_id, token_to_sql(token)],
+            payment_from_row,
+        )
+        .optional()?;
+    if let Some(p) = written {
+        return Ok(WriteOutcome::Applied(p));
     }
     Ok(match get_payment(conn, id)? {
         Some(p) => WriteOutcome::FencedOut { current: p.fence },
@@ -248,6 +304,14 @@ impl Store {
         Ok(Store { conn: Arc::new(Mutex::new(open(path)?)) })
     }
 
+    /// A private in-memory database, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn in_memory() -> Result<Store, StoreError> {
+        let conn = Connection::open_in_memory()?;
+        prepare(&conn)?;
+        Ok(Store { conn: Arc::new(Mutex::new(conn)) })
+    }
+
     /// Runs `f` on the connection, on the blocking pool.
     pub(crate) async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -284,31 +348,97 @@ mod tests {
         assert_eq!(get_payment(&conn, p.id).expect("get"), Some(p));
     }
 
+    fn paid(conn: &Connection, id: i64, charge_id: &str, token: u64) -> WriteOutcome {
+        mark_paid_fenced(conn, id, charge_id, token).expect("write")
+    }
+
     #[test]
-    fn fenced_write_applies_only_with_a_greater_token() {
+    fn claim_then_write_pays_once() {
         let conn = mem();
         let p = create_payment(&conn, 500, "EUR").expect("create");
-        assert_eq!(mark_paid_fenced(&conn, p.id, "ch_new", 7).expect("write"), WriteOutcome::Applied);
-        // The holder whose lease passed to token 7 comes back with token 5.
-        assert_eq!(mark_paid_fenced(&conn, p.id, "ch_old", 5).expect("write"), WriteOutcome::FencedOut { current: 7 });
-        // The same token again is refused too: tokens are never reused.
-        assert_eq!(mark_paid_fenced(&conn, p.id, "ch_old", 7).expect("write"), WriteOutcome::FencedOut { current: 7 });
-        let after = get_payment(&conn, p.id).expect("get").expect("row");
-        assert_eq!((after.state, after.charge_id.as_deref(), after.fence), (PaymentState::Paid, Some("ch_new"), 7));
+        let Claim::Claimed(claimed) = claim(&conn, p.id, 7).expect("claim") else { panic!("not claimed") };
+        assert_eq!((claimed.state, claimed.fence), (PaymentState::Empty, 7));
+        let WriteOutcome::Applied(after) = paid(&conn, p.id, "ch_1", 7) else { panic!("not applied") };
+        assert_eq!((after.state, after.charge_id.as_deref(), after.fence), (PaymentState::Paid, Some("ch_1"), 7));
+        assert_eq!(get_payment(&conn, p.id).expect("get"), Some(after.clone()));
+        // A later PUT, even with a newer token, finds it PAID and may not charge.
+        assert_eq!(claim(&conn, p.id, 9).expect("claim"), Claim::AlreadyPaid(after.clone()));
+        // Nor may the same holder write twice.
+        assert_eq!(paid(&conn, p.id, "ch_2", 7), WriteOutcome::FencedOut { current: 7 });
+        assert_eq!(get_payment(&conn, p.id).expect("get"), Some(after));
     }
 
     #[test]
-    fn fenced_write_on_a_missing_row_says_so() {
+    fn a_write_without_a_claim_is_refused() {
         let conn = mem();
-        assert_eq!(mark_paid_fenced(&conn, 42, "ch", 1).expect("write"), WriteOutcome::Missing);
+        let p = create_payment(&conn, 500, "EUR").expect("create");
+        assert_eq!(paid(&conn, p.id, "ch_1", 3), WriteOutcome::FencedOut { current: 0 });
+        assert_eq!(get_payment(&conn, p.id).expect("get").expect("row").state, PaymentState::Empty);
     }
 
     #[test]
-    fn huge_tokens_keep_their_order() {
+    fn a_stale_holder_writing_first_after_the_newer_claim_is_refused() {
+        // A (token 5) claimed and charged, then stalled past its ttl; B
+        // (token 7) claimed and is charging. A wakes first and writes.
+        let conn = mem();
+        let p = create_payment(&conn, 500, "EUR").expect("create");
+        assert!(matches!(claim(&conn, p.id, 5).expect("claim"), Claim::Claimed(_)));
+        assert!(matches!(claim(&conn, p.id, 7).expect("claim"), Claim::Claimed(_)));
+        assert_eq!(paid(&conn, p.id, "ch_a", 5), WriteOutcome::FencedOut { current: 7 });
+        assert_eq!(get_payment(&conn, p.id).expect("get").expect("row").state, PaymentState::Empty);
+        // B's write, after A's, stands.
+        let WriteOutcome::Applied(after) = paid(&conn, p.id, "ch_b", 7) else { panic!("not applied") };
+        assert_eq!((after.charge_id.as_deref(), after.fence), (Some("ch_b"), 7));
+    }
+
+    #[test]
+    fn a_stale_holder_writing_after_the_newer_write_is_refused() {
+        let conn = mem();
+        let p = create_payment(&conn, 500, "EUR").expect("create");
+        assert!(matches!(claim(&conn, p.id, 5).expect("claim"), Claim::Claimed(_)));
+        assert!(matches!(claim(&conn, p.id, 7).expect("claim"), Claim::Claimed(_)));
+        assert!(matches!(paid(&conn, p.id, "ch_b", 7), WriteOutcome::Applied(_)));
+        assert_eq!(paid(&conn, p.id, "ch_a", 5), WriteOutcome::FencedOut { current: 7 });
+        let after = get_payment(&conn, p.id).expect("get").expect("row");
+        assert_eq!((after.state, after.charge_id.as_deref()), (PaymentState::Paid, Some("ch_b")));
+    }
+
+    #[test]
+    fn a_stale_holder_writing_before_the_newer_claim_pays_and_the_newer_charges_nothing() {
+        // A's lease ended but nobody had claimed the row yet: A's charge is
+        // the only one, recording it is right, and B finds the payment PAID.
+        let conn = mem();
+        let p = create_payment(&conn, 500, "EUR").expect("create");
+        assert!(matches!(claim(&conn, p.id, 5).expect("claim"), Claim::Claimed(_)));
+        let WriteOutcome::Applied(after) = paid(&conn, p.id, "ch_a", 5) else { panic!("not applied") };
+        assert_eq!(claim(&conn, p.id, 7).expect("claim"), Claim::AlreadyPaid(after));
+    }
+
+    #[test]
+    fn an_older_token_cannot_claim_a_row_a_newer_one_holds() {
+        let conn = mem();
+        let p = create_payment(&conn, 500, "EUR").expect("create");
+        assert!(matches!(claim(&conn, p.id, 7).expect("claim"), Claim::Claimed(_)));
+        assert_eq!(claim(&conn, p.id, 5).expect("claim"), Claim::Superseded { current: 7 });
+        // The same token again is refused too: tokens are never reused.
+        assert_eq!(claim(&conn, p.id, 7).expect("claim"), Claim::Superseded { current: 7 });
+    }
+
+    #[test]
+    fn claims_and_writes_on_a_missing_row_say_so() {
+        let conn = mem();
+        assert_eq!(claim(&conn, 42, 1).expect("claim"), Claim::Missing);
+        assert_eq!(paid(&conn, 42, "ch", 1), WriteOutcome::Missing);
+    }
+
+    #[test]
+    fn huge_tokens_never_let_an_older_holder_in() {
         let conn = mem();
         let p = create_payment(&conn, 1, "EUR").expect("create");
-        assert_eq!(mark_paid_fenced(&conn, p.id, "a", u64::MAX - 1).expect("write"), WriteOutcome::Applied);
-        assert!(matches!(mark_paid_fenced(&conn, p.id, "b", 3).expect("write"), WriteOutcome::FencedOut { .. }));
+        assert!(matches!(claim(&conn, p.id, u64::MAX - 1).expect("claim"), Claim::Claimed(_)));
+        assert!(matches!(claim(&conn, p.id, 3).expect("claim"), Claim::Superseded { .. }));
+        assert!(matches!(paid(&conn, p.id, "b", 3), WriteOutcome::FencedOut { .. }));
+        assert!(matches!(paid(&conn, p.id, "a", u64::MAX - 1), WriteOutcome::Applied(_)));
     }
 
     #[test]
