@@ -13,6 +13,8 @@ use turnstile_testkit::{TempDir, Turnstiled};
 const BIN: &str = env!("CARGO_BIN_EXE_order-callback-worker");
 const ORDERS: i64 = 100;
 const COPIES: usize = 10;
+/// Orders per wave of concurrent deliveries.
+const WAVE: usize = 10;
 
 /// turnstiled, a temp dir for the database, and one worker.
 struct Setup {
@@ -44,24 +46,31 @@ async fn ten_concurrent_duplicates_of_each_of_100_orders_count_each_order_once()
         assert_eq!(r.status, 201, "{r:?}");
     }
 
-    // All 1000 deliveries at once: every connection is opened first, then
-    // every request is written together.
-    let total = ORDERS as usize * COPIES;
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(total));
-    let mut tasks = tokio::task::JoinSet::new();
-    for copy in 0..COPIES {
-        for id in 1..=ORDERS {
-            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            let barrier = barrier.clone();
-            tasks.spawn(async move {
-                barrier.wait().await;
-                let body = format!(r#"{{"order_id": {id}, "delivery": {copy}}}"#);
-                let r = common::send(stream, addr, "POST", "/callbacks/order-placed", Some(&body)).await;
-                (id, r.expect("delivery"))
-            });
+    // The 1000 deliveries in waves of WAVE orders: within a wave, every
+    // connection is opened first, then all WAVE × COPIES requests are written
+    // together, so the COPIES duplicates of each order always arrive at once.
+    // Waves keep the open connections (one file descriptor on each side, in
+    // each of the worker and this test) well below the usual 1024 limit.
+    let mut answers = Vec::with_capacity(ORDERS as usize * COPIES);
+    for first in (1..=ORDERS).step_by(WAVE) {
+        let wave: Vec<i64> = (first..(first + WAVE as i64).min(ORDERS + 1)).collect();
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(wave.len() * COPIES));
+        let mut tasks = tokio::task::JoinSet::new();
+        for copy in 0..COPIES {
+            for &id in &wave {
+                let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                let barrier = barrier.clone();
+                tasks.spawn(async move {
+                    barrier.wait().await;
+                    let body = format!(r#"{{"order_id": {id}, "delivery": {copy}}}"#);
+                    let r = common::send(stream, addr, "POST", "/callbacks/order-placed", Some(&body)).await;
+                    (id, r.expect("delivery"))
+                });
+            }
         }
+        answers.extend(tasks.join_all().await);
     }
-    let answers = tasks.join_all().await;
+    assert_eq!(answers.len(), ORDERS as usize * COPIES);
 
     let mut outcomes: BTreeMap<i64, Vec<String>> = BTreeMap::new();
     for (id, r) in &answers {
