@@ -61,7 +61,10 @@ pub(crate) fn lock_key(order_id: i64) -> String {
 ///
 /// There is deliberately no `guard.is_valid()` check before the write: the
 /// process can stall between such a check and the write, so it would only
-/// narrow the window. The fence in the write closes it.
+/// narrow the window. What closes it is the transaction: the DONE check and
+/// the bump are one unit, so a delivery that lost its lease counts only if no
+/// other delivery has counted, and the fence refuses it once a newer holder
+/// has written (see [`crate::store`]).
 pub(crate) async fn deliver(worker: Worker, order_id: i64) -> Result<Delivered, ApiError> {
     let key = lock_key(order_id);
     let guard = match worker.client.lock_timeout(&key, worker.lock_wait).await {

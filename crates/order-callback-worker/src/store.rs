@@ -6,6 +6,16 @@
 //! claims the order row with the lease's fencing token (refused when a newer
 //! lease holder has written it), and, if the callback is not DONE yet, bumps
 //! the statistics and marks it DONE. Either all of it happens or none.
+//!
+//! What keeps the count at one is that the status check and the bump share
+//! that transaction (it holds SQLite's write lock from its first statement),
+//! whatever the leases do: of two deliveries, whichever commits second finds
+//! DONE. The fence adds that a holder whose lease has passed on is refused
+//! once the newer holder has written; a stale holder that writes *before*
+//! the newer one is let in, counts, and the newer one is then a duplicate.
+//! That is safe here because the whole effect is this one transaction; work
+//! with effects outside the database would need a claim before the work, as
+//! payment-service does before it charges.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -284,6 +294,23 @@ mod tests {
         conn.execute("UPDATE orders SET fence = 9 WHERE order_id = 2", []).expect("set fence");
         assert_eq!(apply_callback(&mut conn, 2, 5).expect("apply"), Applied::FencedOut { current: 9 });
         assert_eq!(get_order(&conn, 2).expect("get").expect("row").callback_status, "CREATED");
+        assert_eq!(stats(&conn).expect("stats"), Stats { orders_counted: 1, revenue_cents: 100 });
+    }
+
+    #[test]
+    fn a_stale_holder_writing_before_the_newer_one_counts_once() {
+        // A (token 5) lost its lease mid-work; B (token 9) holds it now but
+        // has not written yet. A's transaction comes first: nothing newer has
+        // written the row, so the fence lets A in and A counts. B's
+        // transaction then finds the callback DONE: a duplicate. The fence
+        // did not stop A; the status check in the same transaction is what
+        // keeps the count at one.
+        let mut conn = mem();
+        create_order(&conn, 1, 100).expect("create");
+        assert_eq!(apply_callback(&mut conn, 1, 5).expect("apply"), Applied::Counted);
+        assert_eq!(apply_callback(&mut conn, 1, 9).expect("apply"), Applied::Duplicate);
+        let o = get_order(&conn, 1).expect("get").expect("row");
+        assert_eq!((o.callback_status.as_str(), o.times_counted, o.fence), ("DONE", 1, 9));
         assert_eq!(stats(&conn).expect("stats"), Stats { orders_counted: 1, revenue_cents: 100 });
     }
 
