@@ -94,6 +94,21 @@ pub(crate) async fn await_waiters(c: &Client, key: &str, n: u32) {
     .await;
 }
 
+/// The etcd lease of `owner`'s queue entry of `key`, under the default
+/// prefix, read straight from etcd (layout: `turnstile/ key \0 q <nonce>`).
+pub(crate) async fn entry_lease(etcd: &mut etcd_client::Client, key: &str, owner: &str) -> i64 {
+    let queue = format!("turnstile/{key}\0q");
+    let resp =
+        etcd.get(queue, Some(etcd_client::GetOptions::new().with_prefix())).await.expect("read the queue from etcd");
+    let needle = format!("\"owner\":\"{owner}\"");
+    let kv = resp
+        .kvs()
+        .iter()
+        .find(|kv| String::from_utf8_lossy(kv.value()).contains(&needle))
+        .unwrap_or_else(|| panic!("no queue entry of {owner} under {key:?}"));
+    kv.lease()
+}
+
 /// Acquires once the sidecar can reach etcd again: UNAVAILABLE answers are
 /// retried every few milliseconds until `within` has passed.
 pub(crate) async fn acquire_when_served(c: &Client, req: v1::AcquireRequest, within: Duration) -> v1::Lease {

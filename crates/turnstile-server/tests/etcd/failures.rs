@@ -1,6 +1,7 @@
 //! Failures around the etcd backend: etcd paused, stopped and restarted; a
 //! sidecar killed while its clients hold leases; a waiter whose own lease
-//! ends while it waits (etcd issue 11456); tokens across every restart.
+//! ends (expires or is revoked) while it waits (etcd issue 11456); tokens
+//! across every restart.
 
 use std::time::{Duration, Instant};
 
@@ -140,6 +141,36 @@ async fn waiter_whose_lease_ended_while_waiting_is_never_granted() {
     let info = get(&mut ca, "jepsen").await;
     assert!(!info.held, "nobody holds the key: {info:?}");
     let next = must_acquire(&mut ca, acquire("jepsen", "next", LONG, Duration::ZERO)).await;
+    assert!(next.fencing_token > holder.fencing_token);
+}
+
+/// etcd issue 11456 without a pause: the waiter's own etcd lease is revoked
+/// (`etcdctl lease revoke`, an operator's cleanup) while its sidecar runs on
+/// and its lease is, by that sidecar's clock, fresh. When the holder then
+/// releases, the waiter is not granted: only etcd knows the lease has ended,
+/// so the grant must be confirmed by etcd, not by local time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiter_whose_lease_was_revoked_is_never_granted() {
+    let etcd = Etcd::start();
+    let (a, b) = (sidecar(&etcd, &[]), sidecar(&etcd, &[]));
+    let (mut ca, mut cb) = (client(&a).await, client(&b).await);
+    let mut direct = etcd_client::Client::connect([etcd.url()], None).await.expect("connect to etcd");
+    let holder = must_acquire(&mut ca, acquire("revoked", "holder", LONG, Duration::ZERO)).await;
+    let waiter = tokio::spawn(async move { cb.acquire(acquire("revoked", "waiter", LONG, WAIT)).await });
+    await_waiters(&ca, "revoked", 1).await;
+    // Within a second of the waiter's enqueue (its lease's headroom), so that
+    // the waiter's sidecar has no reason of its own to ask etcd about it.
+    let lease = entry_lease(&mut direct, "revoked", "waiter").await;
+    direct.lease_revoke(lease).await.expect("revoke the waiter's lease");
+    must_release(&mut ca, &holder).await;
+    let res = tokio::time::timeout(WAIT, waiter).await.expect("the waiter is answered").expect("waiter task");
+    match res {
+        Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
+        Ok(r) => assert!(!r.into_inner().acquired, "a waiter whose lease was revoked was granted"),
+    }
+    let info = get(&mut ca, "revoked").await;
+    assert!(!info.held, "nobody holds the key: {info:?}");
+    let next = must_acquire(&mut ca, acquire("revoked", "next", LONG, Duration::ZERO)).await;
     assert!(next.fencing_token > holder.fencing_token);
 }
 

@@ -11,10 +11,11 @@
 //! missed and nobody else is woken. A `share_result` waiter also watches the
 //! key's results, from its own create revision on.
 //!
-//! When nobody is ahead any more, the waiter is granted only if its own lease
-//! is still alive and its entry still there: if the lease ended while it
-//! waited (its sidecar could not reach etcd for longer than the TTL), etcd
-//! has deleted the entry and the waiter is never granted.
+//! When nobody is ahead any more, the waiter is granted only if etcd, asked
+//! then, still has its entry on its lease: if the lease ended while it waited
+//! (its sidecar could not reach etcd for longer than the TTL, or someone
+//! revoked it), etcd has deleted the entry and the waiter is never granted.
+//! Local time alone never grants: it cannot see a revoked lease.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -295,8 +296,10 @@ enum Ahead {
 /// lease was restarted within the headroom before.
 ///
 /// A waiter right behind the head (and not sharing, which must look for a
-/// result first) is granted on the head's deletion without reading etcd: its
-/// lease covering the TTL from now proves it alive, else a keep-alive must.
+/// result first) is granted on the head's deletion after one conditional read
+/// of its own entry ([`confirm_entry`]), never on local time alone: a lease
+/// revoked (not expired) is invisible to this sidecar's clock. A keep-alive
+/// goes with that read unless the lease was restarted within the headroom.
 async fn wait_turn(
     inner: &Arc<Inner>,
     w: &Waiter<'_>,
@@ -345,11 +348,18 @@ async fn wait_turn(
                     let gone = resp.events().iter().any(|e| e.event_type() == EventType::Delete);
                     if gone && head && !w.share {
                         let at = Instant::now();
-                        if !lease.covers(at) && !lease.keep_alive(inner).await? {
-                            return Err(lease_lost(w, lease));
-                        }
-                        // A waiting entry is never rewritten: its mod revision is its create revision.
-                        return Ok(Turn::Granted { at, mod_rev: w.rev });
+                        let confirmed = if lease.covers(at) {
+                            confirm_entry(inner, w, lease.id).await?
+                        } else {
+                            let id = lease.id;
+                            let (confirmed, alive) = tokio::join!(confirm_entry(inner, w, id), lease.keep_alive(inner));
+                            let (confirmed, alive) = (confirmed?, alive?);
+                            confirmed.filter(|_| alive)
+                        };
+                        return match confirmed {
+                            Some(mod_rev) => Ok(Turn::Granted { at, mod_rev }),
+                            None => Err(lease_lost(w, lease)),
+                        };
                     }
                     if gone || resp.canceled() {
                         break; // look again: the entry ahead is gone (or the watch ended)
@@ -433,6 +443,27 @@ async fn predecessor(inner: &Inner, w: &Waiter<'_>, results: &[u8]) -> Result<Ah
             Ahead::Entry(kv.key().to_vec(), resp.revision, head)
         }
         None => Ahead::Nobody(first(1).filter(|kv| kv.create_revision() == w.rev).map(|kv| kv.mod_revision())),
+    })
+}
+
+/// Asks etcd whether the waiter's entry is still there on its lease `lease`,
+/// in one linearizable read: the grant of a waiter right behind the head,
+/// once the head is gone. The entry existing proves its lease alive (etcd
+/// deletes a lease's keys the moment it ends: by TTL or by a revoke, which
+/// local time cannot see) and, since entries never join ahead of others, that
+/// it is now the lowest entry. Its mod revision, or `None` when it is gone.
+async fn confirm_entry(inner: &Inner, w: &Waiter<'_>, lease: i64) -> Result<Option<i64>, BackendError> {
+    // The get makes the transaction a linearizable read: etcd serves a
+    // transaction without range operations from the member's local state.
+    let read = TxnOp::get(w.entry.to_vec(), Some(GetOptions::new().with_keys_only()));
+    let txn = Txn::new().when(entry_is(w.entry, rev_token(w.rev), lease)).and_then([read]);
+    let resp = inner.txn("confirm the grant", txn).await?;
+    if !resp.succeeded {
+        return Ok(None);
+    }
+    Ok(match resp.ops.first() {
+        Some(TxnOpResponse::Get(g)) => g.kvs().first().map(|kv| kv.mod_revision()),
+        _ => None,
     })
 }
 
