@@ -159,6 +159,11 @@ impl Config {
             if self.etcd_prefix.is_empty() {
                 return err("etcd-prefix", "must not be empty");
             }
+            // The etcd key layout ends the prefix with a `\0`; one inside it
+            // could let two prefixes name one lock.
+            if self.etcd_prefix.chars().any(char::is_control) {
+                return err("etcd-prefix", "must not contain control characters");
+            }
             if self.etcd_timeout.is_zero() {
                 return err("etcd-timeout", "must be greater than zero");
             }
@@ -225,6 +230,10 @@ mod tests {
         assert!(c.validate().is_ok());
         let c = parse(&["--backend", "etcd", "--etcd-prefix", ""]);
         assert_eq!(c.validate().unwrap_err().flag, "etcd-prefix");
+        let c = parse(&["--backend", "etcd", "--etcd-prefix", "turnstile\t/"]);
+        assert_eq!(c.validate().unwrap_err().flag, "etcd-prefix");
+        // Any other prefix is a lock space of its own: no trailing `/` needed.
+        assert!(parse(&["--backend", "etcd", "--etcd-prefix", "turnstile/pay"]).validate().is_ok());
         let c = parse(&["--backend", "etcd", "--etcd-endpoints", "https://a:2379"]);
         assert_eq!(c.validate().unwrap_err().flag, "etcd-endpoints");
     }

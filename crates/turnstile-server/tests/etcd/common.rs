@@ -95,9 +95,9 @@ pub(crate) async fn await_waiters(c: &Client, key: &str, n: u32) {
 }
 
 /// The etcd lease of `owner`'s queue entry of `key`, under the default
-/// prefix, read straight from etcd (layout: `turnstile/ key \0 q <nonce>`).
+/// prefix, read straight from etcd (layout: `turnstile/ \0 key \0 q <nonce>`).
 pub(crate) async fn entry_lease(etcd: &mut etcd_client::Client, key: &str, owner: &str) -> i64 {
-    let queue = format!("turnstile/{key}\0q");
+    let queue = format!("turnstile/\0{key}\0q");
     let resp =
         etcd.get(queue, Some(etcd_client::GetOptions::new().with_prefix())).await.expect("read the queue from etcd");
     let needle = format!("\"owner\":\"{owner}\"");

@@ -5,17 +5,25 @@
 //!
 //! | etcd key | what | attached to |
 //! |---|---|---|
-//! | `P key \0 q <nonce>` | one queue entry: the holder or a waiter | its own etcd lease |
-//! | `P key \0 r <token>` | a result released by the holder with `token` | that holder's lease |
+//! | `P \0 key \0 q <nonce>` | one queue entry: the holder or a waiter | its own etcd lease |
+//! | `P \0 key \0 r <token>` | a result released by the holder with `token` | that holder's lease |
 //!
 //! The entry with the lowest create revision holds the lock; its create
 //! revision is the fencing token. `\0` cannot occur in a key (keys have no
 //! control characters), so no key's entries mix with another's, and since it
 //! sorts below every byte a key may contain, etcd's key order is the order of
 //! turnstile keys: a prefix range lists keys in order.
+//!
+//! The `\0` after the prefix (which cannot hold one either: config refuses
+//! control characters in it) keeps prefixes apart: without it, prefix
+//! `turnstile/pay` with key `ments/1` and prefix `turnstile/payments/` with
+//! key `1` would be one lock, and so would `t/` with `a/1` and `t/a/` with `1`.
+//! With it, every distinct prefix is a separate lock space, nested or not.
 
 use serde::{Deserialize, Serialize};
 
+/// Ends the configured prefix inside an etcd key.
+const PREFIX_END: u8 = 0;
 /// Ends a turnstile key inside an etcd key.
 const KEY_END: u8 = 0;
 /// Marks queue entries.
@@ -44,10 +52,17 @@ impl Layout {
         Layout { prefix: prefix.as_bytes().to_vec() }
     }
 
-    fn base(&self, key: &str, kind: u8) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.prefix.len() + key.len() + 24);
+    /// `P \0 key`: where the etcd keys of `key` begin (without their end).
+    fn keyed(&self, key: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + key.len() + 25);
         k.extend_from_slice(&self.prefix);
+        k.push(PREFIX_END);
         k.extend_from_slice(key.as_bytes());
+        k
+    }
+
+    fn base(&self, key: &str, kind: u8) -> Vec<u8> {
+        let mut k = self.keyed(key);
         k.push(KEY_END);
         k.push(kind);
         k
@@ -81,14 +96,12 @@ impl Layout {
     /// The range `[start, end)` holding every turnstile key that starts with
     /// `prefix` and sorts after `after`.
     pub(super) fn list_range(&self, prefix: &str, after: Option<&str>) -> (Vec<u8>, Vec<u8>) {
-        let mut all = self.prefix.clone();
-        all.extend_from_slice(prefix.as_bytes());
+        let all = self.keyed(prefix);
         let end = range_end(&all);
         let start = match after {
             Some(a) => {
-                // Every etcd key of `a` is `P a \0 …`; every key above `a` is at least `P a \1`.
-                let mut s = self.prefix.clone();
-                s.extend_from_slice(a.as_bytes());
+                // Every etcd key of `a` is `P \0 a \0 …`; every key above `a` is at least `P \0 a \1`.
+                let mut s = self.keyed(a);
                 s.push(KEY_END + 1);
                 s.max(all)
             }
@@ -99,7 +112,7 @@ impl Layout {
 
     /// Splits an etcd key into the turnstile key and what it is.
     pub(super) fn parse<'a>(&self, etcd_key: &'a [u8]) -> Option<(&'a str, Kind)> {
-        let rest = etcd_key.strip_prefix(self.prefix.as_slice())?;
+        let rest = etcd_key.strip_prefix(self.prefix.as_slice())?.strip_prefix(&[PREFIX_END])?;
         let end = rest.iter().position(|&b| b == KEY_END)?;
         let key = std::str::from_utf8(&rest[..end]).ok()?;
         let kind = match *rest.get(end + 1)? {
@@ -165,7 +178,8 @@ mod tests {
         assert_eq!(l.parse(&ab), Some(("a/b", Kind::Entry)));
         assert_eq!(l.parse(&l.result("a/b", 7)), Some(("a/b", Kind::Result)));
         assert_eq!(l.parse(b"t/x"), None);
-        assert_eq!(l.parse(b"other/a\0q1"), None);
+        assert_eq!(l.parse(b"t/a\0q1"), None, "no separator after the prefix");
+        assert_eq!(l.parse(b"other/\0a\0q1"), None);
     }
 
     #[test]
@@ -177,8 +191,23 @@ mod tests {
             assert_eq!(k >= start && k < end, inside, "{key}");
         }
         let (start, end) = l.list_range("", None);
-        assert_eq!((start.as_slice(), end.as_slice()), (&b"t/"[..], &b"t0"[..]));
+        assert_eq!((start.as_slice(), end.as_slice()), (&b"t/\0"[..], &b"t/\x01"[..]));
         assert_eq!(range_end(&[0xff, 0xff]), vec![0]);
+    }
+
+    #[test]
+    fn distinct_prefixes_are_separate_lock_spaces() {
+        let (pay, payments) = (Layout::new("turnstile/pay"), Layout::new("turnstile/payments/"));
+        assert_ne!(pay.entry("ments/1", 7), payments.entry("1", 7));
+        assert_ne!(pay.queue("ments/1"), payments.queue("1"));
+        // Nested prefixes too: `t/` + `a/1` is not `t/a/` + `1`, and a listing
+        // of `t/` does not reach into `t/a/`.
+        let (outer, inner) = (Layout::new("t/"), Layout::new("t/a/"));
+        assert_ne!(outer.entry("a/1", 7), inner.entry("1", 7));
+        assert_eq!(outer.parse(&inner.entry("1", 7)), None);
+        let (start, end) = outer.list_range("", None);
+        let other = inner.entry("1", 7);
+        assert!(!(other >= start && other < end), "t/'s listing holds t/a/'s entry");
     }
 
     #[test]
