@@ -8,8 +8,10 @@
 //! - `hot`: every caller waits for one key (every grant is a hand-off).
 //!
 //! The v3lock path is what etcd's own lock costs a client that keeps one
-//! session lease for all its locks; the sidecar path grants a lease per
-//! acquire (a turnstile lease is an etcd lease) and adds a gRPC hop.
+//! session lease for all its locks. On the sidecar path each turnstile lease
+//! is an etcd lease of its own, but the sidecar reuses the etcd leases of
+//! released locks (no lease grant or revoke per lock once warm) and sends
+//! concurrent writes of different keys as one transaction; it adds a gRPC hop.
 //!
 //! Run: `cargo bench -p turnstile-server --bench etcd` (needs `etcd`:
 //! `apt-get install -y etcd-server`); `-- spread` or `-- hot` runs one load.
