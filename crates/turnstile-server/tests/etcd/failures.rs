@@ -174,6 +174,26 @@ async fn waiter_whose_lease_was_revoked_is_never_granted() {
     assert!(next.fencing_token > holder.fencing_token);
 }
 
+/// etcd stopped (connections refused, not a hang): a LockGuard reports its
+/// lease lost once its validity passes, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_reports_its_lease_lost_while_etcd_is_stopped() {
+    let mut etcd = Etcd::start();
+    let node = sidecar(&etcd, &[]);
+    let guarded = turnstile_client::Client::builder(node.url())
+        .ttl(MIN_TTL)
+        .call_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("client");
+    let guard = guarded.try_lock("guarded").await.expect("guard");
+    etcd.stop();
+    let lost_by = Instant::now() + guard.valid_for();
+    let reason = tokio::time::timeout(MIN_TTL * 3, guard.lost()).await.expect("the guard reports the loss");
+    assert_eq!(reason, LostReason::NotRenewed);
+    assert!(Instant::now() + Duration::from_millis(50) >= lost_by, "lost reported before the validity passed");
+}
+
 /// G2: tokens strictly increase across a graceful restart and a SIGKILL of
 /// `turnstiled`, and across a crash (SIGKILL) and restart of etcd.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
