@@ -76,6 +76,26 @@ impl Inner {
         F: Fn(LockServiceClient<Channel>, Request<T>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
+        self.call_noting(operation, msg, deadline, retry, send, &mut false).await
+    }
+
+    /// [`call`](Inner::call), also setting `maybe_done` when a failed attempt
+    /// may have been carried out by the coordinator although its answer was
+    /// lost (see [`may_have_reached_server`]).
+    async fn call_noting<T, R, F, Fut>(
+        &self,
+        operation: &'static str,
+        msg: T,
+        deadline: Instant,
+        retry: Retry,
+        send: F,
+        maybe_done: &mut bool,
+    ) -> Result<R, Error>
+    where
+        T: Clone,
+        F: Fn(LockServiceClient<Channel>, Request<T>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
         let budget = deadline.saturating_duration_since(Instant::now());
         let mut attempt = 0;
         loop {
@@ -89,8 +109,12 @@ impl Inner {
                 Ok(Ok(resp)) => return Ok(resp.into_inner()),
                 Ok(Err(status)) => status,
             };
-            let retryable =
-                retry == Retry::Unavailable && (is_transport(&status) || status.code() == tonic::Code::Unavailable);
+            let retryable = match retry {
+                Retry::Never => false,
+                Retry::Transport => is_transport(&status),
+                Retry::Unavailable => is_transport(&status) || status.code() == tonic::Code::Unavailable,
+            };
+            *maybe_done |= may_have_reached_server(&status);
             let pause = backoff(attempt);
             if !retryable || Instant::now() + pause >= deadline {
                 return Err(Error::from_status(status));
@@ -115,16 +139,22 @@ impl Inner {
     pub(crate) async fn release(&self, key: &str, token: u64, result: Option<Vec<u8>>) -> Result<bool, Error> {
         let msg = v1::ReleaseRequest { key: key.to_owned(), fencing_token: token, result };
         let deadline = Instant::now() + self.call_timeout;
-        let attempts = AtomicU64::new(0);
+        let mut maybe_done = false;
         let resp = self
-            .call("Release", msg, deadline, Retry::Unavailable, |mut c, r| {
-                attempts.fetch_add(1, Ordering::Relaxed);
-                async move { c.release(r).await }
-            })
+            .call_noting(
+                "Release",
+                msg,
+                deadline,
+                Retry::Unavailable,
+                |mut c, r| async move { c.release(r).await },
+                &mut maybe_done,
+            )
             .await?;
-        // `released: false` after a retry most likely means that the attempt
-        // whose answer was lost did the release: not a lost lease.
-        Ok(resp.released || attempts.load(Ordering::Relaxed) > 1)
+        // `released: false` after an attempt whose answer was lost most likely
+        // means that that attempt did the release: not a lost lease. After
+        // attempts that never reached the coordinator (connection refused, or
+        // its own UNAVAILABLE) the answer stands: the lease had ended.
+        Ok(resp.released || maybe_done)
     }
 
     /// Extends the lease `(key, token)` by one attempt bounded by `timeout`;
@@ -141,5 +171,44 @@ impl Inner {
             .lease
             .and_then(|l| crate::info::duration(l.ttl))
             .ok_or_else(|| Status::internal("renew answered without a lease ttl"))
+    }
+}
+
+/// Whether the coordinator may have carried out a call that failed with
+/// `status`: false only when the call is known not to have been acted on,
+/// because no connection could be made (refused, unreachable, connect
+/// timeout) or because the coordinator itself answered UNAVAILABLE (shutting
+/// down, recovering), which it does before touching any lease. A transport
+/// failure on an established connection (reset, closed, cut off) may have
+/// come after the coordinator acted.
+fn may_have_reached_server(status: &Status) -> bool {
+    if !is_transport(status) {
+        return status.code() != tonic::Code::Unavailable;
+    }
+    let mut cause = std::error::Error::source(status);
+    while let Some(c) = cause {
+        if c.is::<tonic::ConnectError>() {
+            return false;
+        }
+        cause = c.source();
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_connect_failures_and_server_unavailable_are_known_not_to_reach_the_server() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let connect = Status::from_error(Box::new(tonic::ConnectError(Box::new(refused))));
+        assert!(is_transport(&connect));
+        assert!(!may_have_reached_server(&connect));
+        assert!(!may_have_reached_server(&Status::unavailable("shutting down")));
+        let reset = Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        assert!(is_transport(&reset));
+        assert!(may_have_reached_server(&reset));
+        assert!(may_have_reached_server(&Status::deadline_exceeded("late")));
     }
 }
