@@ -35,10 +35,11 @@ pub(crate) enum Acquired {
 
 impl Client {
     /// Waits in the key's queue until the lock is granted, however long
-    /// that takes (waits past the coordinator's maximum are re-issued, and a
-    /// coordinator restart is ridden out). To bound the wait, use
-    /// [`lock_timeout`](Client::lock_timeout) or drop the future: the
-    /// coordinator then removes the waiter.
+    /// that takes: waits past the coordinator's maximum are re-issued, and a
+    /// coordinator that is restarting, recovering or unreachable is asked
+    /// again with backoff (50 ms doubling to 1 s) for as long as it takes. To
+    /// bound the wait, use [`lock_timeout`](Client::lock_timeout) or drop the
+    /// future: the coordinator then removes the waiter.
     pub async fn lock(&self, key: &str) -> Result<LockGuard, Error> {
         self.acquire_guard(key, Wait::Forever).await
     }
@@ -70,9 +71,11 @@ impl Client {
     /// Runs `work` under the lock on `key` (waiting for it as
     /// [`lock`](Client::lock) does), with the fencing token as argument, then
     /// releases the lock. If the lease is lost before `work` finishes, `work`
-    /// is dropped at that moment and the result is [`Error::LeaseLost`]. A
-    /// release that fails after `work` finished does not change the result:
-    /// the lease then expires after its TTL.
+    /// is dropped at that moment and the result is [`Error::LeaseLost`]; so it
+    /// is when the release finds that the lease had already ended (the work
+    /// may have overlapped with another holder). A release that cannot reach
+    /// the coordinator after `work` finished does not change the result: the
+    /// lease then expires after its TTL.
     ///
     /// ```no_run
     /// # async fn demo(client: turnstile_client::Client) -> Result<(), turnstile_client::Error> {
@@ -94,12 +97,13 @@ impl Client {
             _ = lost => return Err(guard.lost_error()),
             v = work => v,
         };
-        if !guard.is_valid() {
-            return Err(guard.lost_error());
+        match guard.release().await {
+            // The lease had ended before the release: the value was made
+            // without the lock's protection for part of the time.
+            Err(e @ Error::LeaseLost { .. }) => Err(e),
+            // Unanswered: the value stands; the lease expires after its TTL.
+            Ok(()) | Err(_) => Ok(value),
         }
-        // The value stands whether or not the release is answered.
-        let _ = guard.release().await;
-        Ok(value)
     }
 
     async fn acquire_guard(&self, key: &str, wait: Wait) -> Result<LockGuard, Error> {
@@ -112,8 +116,11 @@ impl Client {
 
     /// The acquire loop: one owner for the whole loop (so a retry after a lost
     /// answer gets the same lease back), waits split into calls the
-    /// coordinator accepts, failures to reach it retried for up to the
-    /// per-call timeout in a row.
+    /// coordinator accepts, failures to reach it retried with backoff: for
+    /// [`Wait::Until`], up to the per-call timeout in a row and never past the
+    /// wait's end; for [`Wait::Forever`], without end. (A [`Wait::No`] call
+    /// retries failures to reach the coordinator within the per-call timeout,
+    /// in `Inner::call`.)
     pub(crate) async fn acquire(&self, key: &str, wait: Wait, share_result: bool) -> Result<Acquired, Error> {
         check_key(key)?;
         let inner = &self.inner;
@@ -146,17 +153,23 @@ impl Client {
                     resp
                 }
                 Err(e) if e.is_transient() => {
-                    // The coordinator is restarting or unreachable: keep the
-                    // place in line as well as we can by asking again.
+                    // The coordinator is restarting, recovering or
+                    // unreachable: keep the place in line as well as we can
+                    // by asking again.
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     let pause = backoff(failures);
-                    failures += 1;
+                    failures = failures.saturating_add(1);
                     let out_of_time = match wait {
                         Wait::No => true,
-                        Wait::Until(until) => Instant::now() + pause >= until,
+                        Wait::Until(until) => {
+                            Instant::now() + pause >= until || since.elapsed() + pause >= inner.call_timeout
+                        }
+                        // The caller asked to wait as long as it takes (a
+                        // restart or crash recovery may take longer than a
+                        // call); it bounds the wait by dropping the future.
                         Wait::Forever => false,
                     };
-                    if out_of_time || since.elapsed() + pause >= inner.call_timeout {
+                    if out_of_time {
                         return Err(e);
                     }
                     tokio::time::sleep(pause).await;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{client, eventually, server, within};
+use common::{client, eventually, restart_on, server, start_restartable, within};
 use turnstile_client::{Client, Error, LostReason};
 use turnstile_testkit::{RefusedPort, Turnstiled};
 
@@ -136,6 +136,67 @@ async fn with_lock_stops_the_work_when_the_lease_is_lost() {
     let res = within(ttl * 2, "with_lock returns", work).await.expect("task");
     assert!(matches!(res, Err(Error::LeaseLost { reason: LostReason::Ended, .. })), "{res:?}");
     assert!(stopped.load(Ordering::SeqCst), "the work future was dropped");
+}
+
+/// A lease found already ended by the final release is LeaseLost, not the
+/// work's value: the work may have overlapped with another holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lock_reports_a_lease_found_ended_at_release() {
+    let node = server();
+    let (c, admin) = (client(&node, TTL).await, client(&node, TTL).await);
+    // The work ends the lease itself and returns at once: with a 10 s TTL no
+    // renew comes in between, so only the release can notice the loss.
+    let res = c
+        .with_lock("work:3", move |token| async move {
+            assert!(admin.release("work:3", token).await.expect("admin release"));
+            "done"
+        })
+        .await;
+    assert!(matches!(res, Err(Error::LeaseLost { reason: LostReason::Ended, .. })), "{res:?}");
+}
+
+/// A try-lock whose connection was broken by a coordinator restart retries
+/// within its call timeout instead of failing on the first transport error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_lock_rides_out_a_restart_within_its_call_timeout() {
+    let args = ["--data-dir".to_owned(), String::new()];
+    let (node, listen) = start_restartable(&args);
+    let c = Client::builder(node.url()).call_timeout(Duration::from_secs(20)).connect().await.expect("connect");
+    c.try_lock("restart-try:1").await.expect("lock").release().await.expect("release");
+    node.kill();
+    let attempt = tokio::spawn({
+        let c = c.clone();
+        async move { c.try_lock("restart-try:1").await }
+    });
+    // The scenario: the coordinator stays down for a while.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!attempt.is_finished(), "try_lock gave up while the coordinator was down");
+    let node = restart_on(&args, &listen);
+    let guard = within(Duration::from_secs(15), "try_lock after the restart", attempt).await.expect("task");
+    guard.expect("lock after the restart").release().await.expect("release");
+    drop(node);
+}
+
+/// lock() rides out an outage longer than the call timeout (a restart that
+/// takes long, or crash recovery), asking again with backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_rides_out_an_outage_longer_than_the_call_timeout() {
+    let args = ["--data-dir".to_owned(), String::new()];
+    let (node, listen) = start_restartable(&args);
+    let call_timeout = Duration::from_millis(300);
+    let c = Client::builder(node.url()).call_timeout(call_timeout).connect().await.expect("connect");
+    node.kill();
+    let waiter = tokio::spawn({
+        let c = c.clone();
+        async move { c.lock("outage:1").await }
+    });
+    // The scenario: the coordinator stays down for several call timeouts.
+    tokio::time::sleep(call_timeout * 4).await;
+    assert!(!waiter.is_finished(), "lock() gave up: {:?}", waiter.await);
+    let node = restart_on(&args, &listen);
+    let guard = within(Duration::from_secs(15), "lock after the outage", waiter).await.expect("task");
+    guard.expect("lock after the outage").release().await.expect("release");
+    drop(node);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
