@@ -13,6 +13,15 @@ use crate::rpc::Inner;
 use crate::schedule::{renew_at, renew_retry_delay, valid_until};
 
 /// What the renewal task publishes and the guard reads.
+///
+/// Loss is permanent. Readers (the guard) and the writer (the renewal task)
+/// read the clock while holding the watch channel's lock (read or write), so
+/// a reader that saw the validity pass did so before any later write reads
+/// the clock; and every write that would extend or end the lease first
+/// checks the validity at its own `now` and records a loss instead
+/// ([`renewed`](LeaseState::renewed), [`release_at`](LeaseState::release_at)).
+/// So once any reader has seen the lease lost, no renew answered later can
+/// make it valid again.
 #[derive(Debug, Clone, Copy)]
 struct LeaseState {
     /// The lease is valid until this instant unless renewed.
@@ -30,6 +39,37 @@ impl LeaseState {
             return None;
         }
         self.lost.or((now >= self.valid_until).then_some(LostReason::NotRenewed))
+    }
+
+    /// Records the loss as of `now`, if any, keeping the first reason known
+    /// (`reason` when there was none: the lease is lost now). Returns it.
+    fn mark_lost(&mut self, now: Instant, reason: LostReason) -> LostReason {
+        let known = self.lost_at(now).unwrap_or(reason);
+        self.lost = Some(known);
+        known
+    }
+
+    /// Applies a renew answered at `now` that keeps the lease valid until
+    /// `until`. If the validity had already passed at `now`, the lease stays
+    /// lost (and the loss is recorded): returns false.
+    fn renewed(&mut self, now: Instant, until: Instant) -> bool {
+        if let Some(reason) = self.lost_at(now) {
+            self.lost = Some(reason);
+            return false;
+        }
+        self.valid_until = until;
+        true
+    }
+
+    /// The holder ends the lease at `now`: marks it released, unless it was
+    /// lost by then, in which case the loss is recorded and returned.
+    fn release_at(&mut self, now: Instant) -> Option<LostReason> {
+        let lost = self.lost_at(now);
+        match lost {
+            Some(reason) => self.lost = Some(reason),
+            None => self.released = true,
+        }
+        lost
     }
 }
 
@@ -135,12 +175,14 @@ impl LockGuard {
 
     /// Why the lease is lost, or `None` while it is valid.
     pub fn lost_reason(&self) -> Option<LostReason> {
-        self.state.borrow().lost_at(Instant::now())
+        // The clock is read under the channel's lock (see `LeaseState`).
+        let state = self.state.borrow();
+        state.lost_at(Instant::now())
     }
 
     /// Time left before the lease runs out unless a renew succeeds; zero once lost.
     pub fn valid_for(&self) -> Duration {
-        let s = *self.state.borrow();
+        let s = self.state.borrow();
         if s.lost.is_some() {
             return Duration::ZERO;
         }
@@ -154,11 +196,15 @@ impl LockGuard {
         let mut rx = self.state.clone();
         async move {
             loop {
-                let state = *rx.borrow_and_update();
+                let (state, lost) = {
+                    // The clock is read under the channel's lock (see `LeaseState`).
+                    let s = rx.borrow_and_update();
+                    (*s, s.lost_at(Instant::now()))
+                };
                 if state.released {
                     return std::future::pending().await;
                 }
-                if let Some(reason) = state.lost_at(Instant::now()) {
+                if let Some(reason) = lost {
                     return reason;
                 }
                 // Wake on news from the renewal task, or when the validity
@@ -265,13 +311,21 @@ impl Renewal {
                     Wake::Release(cmd) => return self.release(cmd).await,
                     Wake::Expired => return self.expired().await,
                     Wake::Done(Ok(ttl)) => {
+                        // Answered after the validity passed (the timer had
+                        // not fired yet): too late, the lease stays lost.
+                        let mut in_time = false;
+                        self.state.send_modify(|s| in_time = s.renewed(Instant::now(), valid_until(sent, ttl)));
+                        if !in_time {
+                            return self.expired().await;
+                        }
                         self.last_sent = sent;
                         self.ttl = ttl;
-                        self.state.send_modify(|s| s.valid_until = valid_until(sent, ttl));
                         break;
                     }
                     Wake::Done(Err(status)) if status.code() == tonic::Code::NotFound => {
-                        self.state.send_modify(|s| s.lost = Some(LostReason::Ended));
+                        self.state.send_modify(|s| {
+                            s.mark_lost(Instant::now(), LostReason::Ended);
+                        });
                         return;
                     }
                     // Unreachable, unavailable, or any other refusal: try
@@ -304,15 +358,16 @@ impl Renewal {
     /// The validity passed: report the loss, then release in case the
     /// coordinator still has the lease, so the key frees at once.
     async fn expired(self) {
-        self.state.send_modify(|s| s.lost = Some(LostReason::NotRenewed));
+        self.state.send_modify(|s| {
+            s.mark_lost(Instant::now(), LostReason::NotRenewed);
+        });
         let _ = self.client.release(&self.key, self.token, None).await;
     }
 
     /// Ends the lease for the guard; `cmd` is `None` when the guard was dropped.
     async fn release(self, cmd: Option<ReleaseCmd>) {
-        let now = Instant::now();
-        let lost = self.state.borrow().lost_at(now);
-        self.state.send_modify(|s| s.released = true);
+        let mut lost = None;
+        self.state.send_modify(|s| lost = s.release_at(Instant::now()));
         let (result, reply) = match cmd {
             Some(c) => (c.result, Some(c.reply)),
             None => (None, None),
@@ -367,5 +422,53 @@ mod tests {
         assert_eq!(ended.lost_at(t0), Some(LostReason::Ended));
         let released = LeaseState { released: true, ..s };
         assert_eq!(released.lost_at(t0 + Duration::from_secs(5)), None);
+    }
+
+    #[test]
+    fn a_renew_answered_in_time_extends_the_validity() {
+        let t0 = Instant::now();
+        let mut s = LeaseState { valid_until: t0 + Duration::from_secs(1), lost: None, released: false };
+        assert!(s.renewed(t0 + Duration::from_millis(999), t0 + Duration::from_secs(2)));
+        assert_eq!(s.lost_at(t0 + Duration::from_millis(1500)), None);
+    }
+
+    /// Loss is sticky: a renew answered just after the validity passed (the
+    /// lease may already have been reported lost) does not revive the lease.
+    #[test]
+    fn a_renew_answered_after_the_validity_passed_does_not_revive_the_lease() {
+        let t0 = Instant::now();
+        let mut s = LeaseState { valid_until: t0 + Duration::from_secs(1), lost: None, released: false };
+        let late = t0 + Duration::from_secs(1);
+        assert_eq!(s.lost_at(late), Some(LostReason::NotRenewed), "a reader sees the loss");
+        assert!(!s.renewed(late + Duration::from_millis(1), t0 + Duration::from_secs(10)));
+        assert_eq!(s.valid_until, t0 + Duration::from_secs(1), "validity not extended");
+        assert_eq!(s.lost, Some(LostReason::NotRenewed), "the loss is recorded");
+        for now in [t0, late, t0 + Duration::from_secs(5)] {
+            assert_eq!(s.lost_at(now), Some(LostReason::NotRenewed), "lost at every later reading");
+        }
+        assert!(!s.renewed(t0, t0 + Duration::from_secs(10)), "no renew revives it");
+    }
+
+    #[test]
+    fn a_later_reason_does_not_replace_the_first() {
+        let t0 = Instant::now();
+        let mut s = LeaseState { valid_until: t0 + Duration::from_secs(1), lost: None, released: false };
+        assert_eq!(s.mark_lost(t0 + Duration::from_secs(2), LostReason::Ended), LostReason::NotRenewed);
+        assert_eq!(s.mark_lost(t0, LostReason::Ended), LostReason::NotRenewed);
+        let mut fresh = LeaseState { lost: None, ..s };
+        assert_eq!(fresh.mark_lost(t0, LostReason::Ended), LostReason::Ended);
+    }
+
+    #[test]
+    fn a_release_after_the_validity_passed_reports_and_keeps_the_loss() {
+        let t0 = Instant::now();
+        let s = LeaseState { valid_until: t0 + Duration::from_secs(1), lost: None, released: false };
+        let mut late = s;
+        assert_eq!(late.release_at(t0 + Duration::from_secs(1)), Some(LostReason::NotRenewed));
+        assert!(!late.released);
+        assert_eq!(late.lost_at(t0), Some(LostReason::NotRenewed));
+        let mut in_time = s;
+        assert_eq!(in_time.release_at(t0), None);
+        assert!(in_time.released);
     }
 }
