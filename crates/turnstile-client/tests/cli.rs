@@ -163,6 +163,64 @@ async fn sigkill_of_turnstile_lock_frees_the_key_within_its_ttl() {
     eventually(Duration::from_secs(5), "the command dies with turnstile", || async { gone(&pid).then_some(()) }).await;
 }
 
+/// SIGKILL of `turnstile lock` also ends what the command started: a
+/// grandchild, which the kernel's parent-death signal does not reach (no
+/// `exec` here: `sh` stays the command, `sleep` is its child).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_turnstile_lock_ends_the_commands_grandchildren() {
+    let node = server();
+    let dir = TempDir::new("cli-kill-tree");
+    let pidfile = dir.path().join("pid");
+    let script = "sleep 30 & echo $! > \"$F\"; wait";
+    let mut cmd = turnstile(&node.url(), &["lock", "tree:1", "--", "sh", "-c", script]);
+    cmd.env("F", &pidfile);
+    let mut child = cmd.spawn().expect("spawn");
+    let pid = read_line(&pidfile).await;
+    assert!(!gone(&pid), "the grandchild runs");
+    sigkill(child.id());
+    exit_of(&mut child, Duration::from_secs(5)).await;
+    eventually(Duration::from_secs(5), "the grandchild dies with turnstile", || async { gone(&pid).then_some(()) })
+        .await;
+}
+
+/// A command that ends normally leaves the watchdog nothing to do: what it
+/// left running in the background is not killed. (turnstile waits for its
+/// disarmed watchdog to exit, so the check right after its exit is final.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_exit_does_not_kill_what_the_command_left_running() {
+    let node = server();
+    let dir = TempDir::new("cli-leftover");
+    let pidfile = dir.path().join("pid");
+    let script = "sleep 30 >/dev/null 2>&1 & echo $! > \"$F\"";
+    let mut cmd = turnstile(&node.url(), &["lock", "leftover:1", "--", "sh", "-c", script]);
+    cmd.env("F", &pidfile);
+    let out = output(cmd).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pid = read_line(&pidfile).await;
+    assert!(!gone(&pid), "the background process was killed");
+    sigkill(pid.parse().expect("pid"));
+}
+
+/// A second SIGTERM to turnstile kills a command that ignored the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_kills_the_command() {
+    let node = server();
+    let dir = TempDir::new("cli-signal-twice");
+    let (pidfile, termfile) = (dir.path().join("pid"), dir.path().join("term"));
+    let script = "trap 'echo term > \"$G\"' TERM; echo $$ > \"$F\"; while :; do sleep 0.05; done";
+    let mut cmd = turnstile(&node.url(), &["lock", "sig:2", "--", "sh", "-c", script]);
+    cmd.env("F", &pidfile).env("G", &termfile);
+    let mut child = cmd.spawn().expect("spawn");
+    let pid = read_line(&pidfile).await;
+    sigterm(child.id());
+    read_line(&termfile).await;
+    assert!(!gone(&pid), "the command ignored the first SIGTERM");
+    sigterm(child.id());
+    let status = exit_of(&mut child, Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(128 + 9), "the command died of SIGKILL");
+    assert!(gone(&pid));
+}
+
 /// A lost lease stops the command (SIGTERM to its group): exit 76.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_lease_stops_the_command() {
@@ -184,6 +242,23 @@ async fn a_lost_lease_stops_the_command() {
     assert_eq!(status.code(), Some(76));
     assert!(taken.elapsed() < Duration::from_secs(3), "stopped after {:?} (grace is 10s)", taken.elapsed());
     assert!(gone(&pid), "the command was stopped");
+}
+
+/// A lease found ended when the command exits is a lost lease: exit 76, not
+/// the command's 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_found_ended_when_the_command_exits_is_lost() {
+    let node = server();
+    // The command ends its own lease (as an operator's release would), then
+    // exits 0 at once: with a 30 s TTL no renew notices it first.
+    let script = "\"$T\" --addr \"$A\" release \"$TURNSTILE_KEY\" \"$TURNSTILE_FENCING_TOKEN\"";
+    let mut cmd = turnstile(&node.url(), &["lock", "--ttl", "30s", "ended:1", "--", "sh", "-c", script]);
+    cmd.env("T", env!("CARGO_BIN_EXE_turnstile")).env("A", node.url());
+    let out = output(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("released ended:1"), "{stderr}");
+    assert_eq!(out.status.code(), Some(76), "{stderr}");
+    assert!(stderr.contains("lost"), "{stderr}");
 }
 
 /// A command that ignores SIGTERM is killed after --grace.

@@ -15,7 +15,8 @@ pub(crate) mod exit {
     pub(crate) const NOT_RELEASED: u8 = 1;
     /// `lock`: the lock was not obtained within `--wait` (EX_TEMPFAIL).
     pub(crate) const NOT_OBTAINED: u8 = 75;
-    /// `lock`: the lease was lost while the command ran; the command was stopped.
+    /// `lock`: the lease was lost while the command ran (the command was
+    /// stopped), or was found lost when it ended.
     pub(crate) const LOST: u8 = 76;
     /// turnstile itself failed: coordinator unreachable, request refused.
     pub(crate) const FAILED: u8 = 125;
@@ -34,7 +35,8 @@ Exit codes:
   1      release: the lease had already ended
   2      usage error
   75     lock: not obtained within --wait (see --conflict-exit-code)
-  76     lock: the lease was lost while the command ran; it was stopped
+  76     lock: the lease was lost while the command ran (it was stopped),
+         or was found lost when the command ended
   125    turnstile failed (coordinator unreachable, request refused)
   126    lock: the command could not be run
   127    lock: the command was not found
@@ -90,7 +92,10 @@ pub(crate) enum Command {
     /// TURNSTILE_OWNER in its environment and runs in its own process group.
     /// If the lease is lost, the group gets SIGTERM, then SIGKILL after
     /// --grace. SIGINT, SIGTERM and SIGHUP sent to turnstile are passed on to
-    /// the group. turnstile exits with the command's status.
+    /// the group; a second SIGINT or SIGTERM kills it (SIGKILL), and so does
+    /// any of them during --grace. If turnstile itself is killed, the whole
+    /// group is killed too. turnstile exits with the command's status, or 76
+    /// if the lease was lost before the command ended.
     Lock(LockArgs),
     /// Show who holds KEY, for how long, and how many wait.
     Get {
@@ -116,6 +121,10 @@ pub(crate) enum Command {
         /// The fencing token of the lease to end.
         token: u64,
     },
+    /// Internal to `lock` (hidden): kill the command's process group if
+    /// turnstile dies. See `child::Watchdog`.
+    #[command(name = crate::child::WATCHDOG, hide = true)]
+    Watchdog,
 }
 
 /// Arguments of `turnstile lock`.
@@ -128,7 +137,8 @@ pub(crate) struct LockArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub(crate) ttl: Duration,
 
-    /// How long to wait for the lock (0: try once). Default: as long as it takes.
+    /// How long to wait for the lock (0: try once). Default: as long as it
+    /// takes, also while the coordinator is unreachable or restarting.
     #[arg(long, value_parser = parse_duration)]
     pub(crate) wait: Option<Duration>,
 
@@ -192,6 +202,14 @@ mod tests {
         let cli = parse(&["--token", "secret", "release", "k", "7"]).expect("parses");
         assert_eq!(cli.bearer_token.as_deref(), Some("secret"));
         assert!(matches!(cli.command, Command::Release { token: 7, .. }));
+    }
+
+    #[test]
+    fn the_watchdog_is_hidden_from_help() {
+        use clap::CommandFactory;
+        assert!(matches!(parse(&[crate::child::WATCHDOG]).expect("parses").command, Command::Watchdog));
+        let help = Cli::command().render_long_help().to_string();
+        assert!(!help.contains("watchdog"), "{help}");
     }
 
     #[test]

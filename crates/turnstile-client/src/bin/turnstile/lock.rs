@@ -4,12 +4,16 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use tokio::process::Child;
 use turnstile_client::{Client, Error, LockGuard, LockInfo};
 
-use crate::child::{self, Signals};
+use crate::child::{self, Signals, Watchdog};
 use crate::cli::{exit, LockArgs};
 use crate::output::human;
 use crate::CliError;
+
+/// What a missing watchdog means, for the warning.
+const UNWATCHED: &str = "if turnstile is killed, processes the command started may outlive it";
 
 /// Runs the `lock` subcommand; returns the exit code.
 pub(crate) async fn run(client: &Client, args: LockArgs) -> Result<u8, CliError> {
@@ -24,6 +28,14 @@ pub(crate) async fn run(client: &Client, args: LockArgs) -> Result<u8, CliError>
         Waited::Failed(e) => return Err(e.into()),
     };
 
+    // Before the command, so that it covers the command from its start.
+    let mut watchdog = match Watchdog::spawn() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            eprintln!("turnstile: warning: cannot start the watchdog ({e}); {UNWATCHED}");
+            None
+        }
+    };
     let mut cmd = match child::spawn(&args.command, guard.key(), guard.fencing_token(), guard.owner()) {
         Ok(c) => c,
         Err(e) => {
@@ -36,12 +48,18 @@ pub(crate) async fn run(client: &Client, args: LockArgs) -> Result<u8, CliError>
     let Some(pgid) = cmd.id() else {
         // Already reaped: only possible if it exited at once.
         let status = cmd.wait().await.map_err(|source| CliError::Io { what: "waiting for the command", source })?;
-        let _ = guard.release().await;
-        return Ok(child::status_code(status));
+        disarm(watchdog).await;
+        return Ok(finish(guard, status, &mut signals).await);
     };
+    if let Some(Err(e)) = watchdog.as_mut().map(|w| w.watch(pgid)) {
+        eprintln!("turnstile: warning: the watchdog is gone ({e}); {UNWATCHED}");
+        watchdog = None;
+    }
 
     let lost = guard.lost();
     tokio::pin!(lost);
+    // Set by the first SIGINT or SIGTERM passed on; the next one kills.
+    let mut asked_to_stop = false;
     let status = loop {
         tokio::select! {
             status = cmd.wait() => break status,
@@ -51,26 +69,78 @@ pub(crate) async fn run(client: &Client, args: LockArgs) -> Result<u8, CliError>
                     guard.key(),
                     guard.fencing_token()
                 );
-                child::signal_group(pgid, libc::SIGTERM);
-                if tokio::time::timeout(args.grace, cmd.wait()).await.is_err() {
-                    eprintln!("turnstile: the command did not stop within {:?}; killing it", args.grace);
-                }
-                // Also whatever it started that ignored SIGTERM.
-                child::signal_group(pgid, libc::SIGKILL);
-                let _ = cmd.wait().await;
+                stop(&mut cmd, pgid, args.grace, &mut signals).await;
+                disarm(watchdog).await;
                 drop(guard);
                 return Ok(exit::LOST);
             }
-            sig = signals.recv() => child::signal_group(pgid, sig),
+            sig = signals.recv() => {
+                let stopping = sig == libc::SIGINT || sig == libc::SIGTERM;
+                if stopping && asked_to_stop {
+                    eprintln!("turnstile: second signal {sig}; killing the command");
+                    child::signal_group(pgid, libc::SIGKILL);
+                } else {
+                    asked_to_stop |= stopping;
+                    child::signal_group(pgid, sig);
+                }
+            }
         }
     };
+    // On an error here the watchdog is dropped undisarmed: it kills the group.
     let status = status.map_err(|source| CliError::Io { what: "waiting for the command", source })?;
-    match guard.release().await {
-        Ok(()) => {}
-        Err(e @ Error::LeaseLost { .. }) => eprintln!("turnstile: warning: {e} before the command finished"),
-        Err(e) => eprintln!("turnstile: warning: release failed ({e}); the lease expires after its ttl"),
+    disarm(watchdog).await;
+    Ok(finish(guard, status, &mut signals).await)
+}
+
+/// The command has ended: its watchdog, if any, stands down.
+async fn disarm(watchdog: Option<Watchdog>) {
+    if let Some(w) = watchdog {
+        w.disarm().await;
     }
-    Ok(child::status_code(status))
+}
+
+/// Stops the command after the lease was lost: SIGTERM to its group, then
+/// SIGKILL after `grace`, or at once when turnstile gets a signal meanwhile;
+/// waits for it to end.
+async fn stop(cmd: &mut Child, pgid: u32, grace: Duration, signals: &mut Signals) {
+    child::signal_group(pgid, libc::SIGTERM);
+    tokio::select! {
+        _ = cmd.wait() => {}
+        () = tokio::time::sleep(grace) => {
+            eprintln!("turnstile: the command did not stop within {grace:?}; killing it");
+        }
+        sig = signals.recv() => eprintln!("turnstile: signal {sig} while stopping the command; killing it"),
+    }
+    // Also whatever it started that ignored SIGTERM.
+    child::signal_group(pgid, libc::SIGKILL);
+    let _ = cmd.wait().await;
+}
+
+/// Releases the lease after the command exited with `status`; returns the
+/// exit code. A lease found lost at this point (it ran out as the command
+/// ended, or the coordinator says it had already ended) is a lost lease like
+/// any other: the command may have overlapped with another holder, so the
+/// code is [`exit::LOST`], not the command's status. A signal to turnstile
+/// meanwhile stops the wait for the coordinator's answer.
+async fn finish(guard: LockGuard, status: std::process::ExitStatus, signals: &mut Signals) -> u8 {
+    let code = child::status_code(status);
+    tokio::select! {
+        released = guard.release() => match released {
+            Ok(()) => code,
+            Err(e @ Error::LeaseLost { .. }) => {
+                eprintln!("turnstile: {e} before the command ended (its exit code: {code})");
+                exit::LOST
+            }
+            Err(e) => {
+                eprintln!("turnstile: warning: release failed ({e}); the lease expires after its ttl");
+                code
+            }
+        },
+        sig = signals.recv() => {
+            eprintln!("turnstile: signal {sig} while releasing the lease; not waiting, it expires after its ttl");
+            code
+        }
+    }
 }
 
 /// How the wait for the lock ended.

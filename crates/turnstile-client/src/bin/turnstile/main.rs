@@ -4,8 +4,9 @@
 //! - `cli`: flags, environment variables, subcommands, exit codes (clap).
 //! - `lock`: `turnstile lock KEY -- CMD`: wait (status line on a terminal),
 //!   run CMD under the lock, stop it if the lease is lost.
-//! - `child`: spawning CMD in its own process group, signalling it, and the
-//!   signals turnstile receives.
+//! - `child`: spawning CMD in its own process group, signalling it, the
+//!   watchdog that kills the group if turnstile dies, and the signals
+//!   turnstile receives.
 //! - `output`: the table and JSON forms of `get` and `ls`.
 
 mod child;
@@ -39,6 +40,10 @@ pub(crate) enum CliError {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Watchdog = cli.command {
+        // No runtime and no client: it only reads a pipe and may kill.
+        return ExitCode::from(child::watchdog());
+    }
     // One thread: the command is spawned from the main thread, which the
     // parent-death signal of `lock` is tied to; and a lock client needs no more.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -110,6 +115,8 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 Ok(exit::NOT_RELEASED)
             }
         }
+        // Handled in main, before the runtime; harmless here too.
+        Command::Watchdog => Ok(child::watchdog()),
     }
 }
 
