@@ -40,9 +40,6 @@ const ATTEMPTS: usize = 3;
 /// Runs an acquire.
 pub(super) async fn acquire(inner: &Arc<Inner>, req: AcquireRequest) -> Result<AcquireOutcome, BackendError> {
     inner.check_open()?;
-    if !req.wait.is_zero() {
-        refuse_a_full_queue(inner, &req).await?;
-    }
     for n in 0..ATTEMPTS {
         // After a pooled lease turned out dead, grant a fresh one.
         if let Some(outcome) = attempt(inner, &req, n == 0).await? {
@@ -50,32 +47,6 @@ pub(super) async fn acquire(inner: &Arc<Inner>, req: AcquireRequest) -> Result<A
         }
     }
     Err(BackendError::Unavailable { reason: format!("the queue of {:?} kept changing under the acquire", req.key) })
-}
-
-/// Refuses a waiter with RESOURCE_EXHAUSTED before anything is written when
-/// the queue of its key is full already (G8: a refused request changes no
-/// state), unless the caller holds the key (G5 answers it its lease).
-///
-/// Best effort: a serializable read, cheap for etcd (no consensus round) but
-/// possibly a little stale, and racing other enqueues. The count the enqueue
-/// itself reads is the exact check; it undoes an enqueue past the limit.
-async fn refuse_a_full_queue(inner: &Inner, req: &AcquireRequest) -> Result<(), BackendError> {
-    let queue = inner.layout.queue(&req.key);
-    let first = GetOptions::new()
-        .with_prefix()
-        .with_sort(SortTarget::Create, SortOrder::Ascend)
-        .with_limit(1)
-        .with_serializable();
-    let count = GetOptions::new().with_prefix().with_count_only().with_serializable();
-    let ops = [TxnOp::get(queue.clone(), Some(first)), TxnOp::get(queue, Some(count))];
-    let resp = inner.txn("count waiters", Txn::new().and_then(ops)).await?;
-    let (first, entries) = head_of(&resp, 0);
-    // Entries are the holder and its waiters; queued, this one would be waiter number `entries`.
-    let own = first.is_some_and(|f| EntryValue::decode(f.value()).is_some_and(|v| v.owner == req.owner));
-    if entries > inner.max_waiters && !own {
-        return Err(CoreError::TooManyWaiters { key: req.key.clone(), limit: inner.max_waiters }.into());
-    }
-    Ok(())
 }
 
 /// One try; `None` means "start over".
@@ -173,8 +144,7 @@ async fn attempt(
         let info = inspect::lock_info(inner, &req.key, Some(&holder), count).await?;
         return Ok(Some(AcquireOutcome::NotAcquired(info)));
     }
-    // Waiters are the entries behind the holder, ours included. The exact
-    // check, for enqueues that raced past `refuse_a_full_queue`.
+    // Waiters are the entries behind the holder, ours included.
     if count.saturating_sub(1) > inner.max_waiters {
         guard.revoke_now().await;
         return Err(CoreError::TooManyWaiters { key: req.key.clone(), limit: inner.max_waiters }.into());
