@@ -55,7 +55,15 @@ impl Counters {
         self.next_token.fetch_max(token.saturating_add(1), Ordering::Relaxed);
     }
 
-    /// Counts a lease granted.
+    /// Counts a lease granted if fewer than `max` are held; false (and
+    /// nothing counted) otherwise. One atomic step, so shards granting at the
+    /// same moment cannot together pass the limit.
+    pub(crate) fn try_add_lease(&self, max: usize) -> bool {
+        self.leases.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1)).is_ok()
+    }
+
+    /// Counts a lease granted whatever the limit (a lease restored from a
+    /// snapshot was granted before).
     pub(crate) fn add_lease(&self) {
         self.leases.fetch_add(1, Ordering::Relaxed);
     }
@@ -63,5 +71,31 @@ impl Counters {
     /// Counts a lease ended.
     pub(crate) fn remove_lease(&self) {
         self.leases.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_leases_holds_when_shards_grant_at_once() {
+        let counters = Counters::new(1);
+        let granted = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..1_000 {
+                        if counters.try_add_lease(100) {
+                            granted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(granted.load(Ordering::Relaxed), 100);
+        assert_eq!(counters.held_leases(), 100);
+        counters.remove_lease();
+        assert!(counters.try_add_lease(100), "a freed lease can be granted again");
     }
 }

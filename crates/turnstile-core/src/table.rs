@@ -108,11 +108,10 @@ impl<W> LockTable<W> {
             (Status::Busy { at, .. }, None) => Ok(Acquired::Contended(self.info(at, args.key, now))),
             (Status::Free, Some(wait)) if recovering.is_some() => Ok(Acquired::Queued(self.enqueue(found, args, wait))),
             (Status::Free, _) => {
-                if self.counters.held_leases() >= self.config.max_leases {
+                if !self.counters.try_add_lease(self.config.max_leases) {
                     return Err(CoreError::TooManyLeases { limit: self.config.max_leases });
                 }
                 let h = found.unwrap_or_else(|| self.store.insert(args.key));
-                self.counters.add_lease();
                 let ttl = nanos(args.ttl);
                 let holder = Holder {
                     owner: Arc::from(args.owner),
@@ -338,7 +337,7 @@ impl<W> LockTable<W> {
                 payload: wait.payload,
             });
             if self.grants_resume_at.is_some() && e.holder.is_none() {
-                self.pending.push(h);
+                note_pending(&mut self.pending, h);
             }
         }
         self.store.reconcile(h);
@@ -439,7 +438,7 @@ impl<W> LockTable<W> {
         let Some(e) = self.store.get_mut(h) else { return };
         if recovering {
             if e.holder.is_none() && e.waiter_count() > 0 {
-                self.pending.push(h);
+                note_pending(&mut self.pending, h);
             }
         } else {
             while e.holder.is_none() {
@@ -449,15 +448,14 @@ impl<W> LockTable<W> {
                     self.effects.push(Effect::WaitTimedOut { waiter: w.payload, current });
                     continue;
                 }
-                if self.counters.held_leases() >= self.config.max_leases {
+                if !self.counters.try_add_lease(self.config.max_leases) {
                     // Leave it queued; it times out unless a lease frees first.
                     if let Some(q) = e.waiters.as_mut() {
                         q.push_front(w);
                     }
-                    self.pending.push(h);
+                    note_pending(&mut self.pending, h);
                     break;
                 }
-                self.counters.add_lease();
                 let holder = Holder {
                     owner: w.owner,
                     token: self.counters.issue(),
@@ -477,6 +475,18 @@ impl<W> LockTable<W> {
     }
 }
 
+/// Notes key `h` as waiting to be served. Every enqueue, cancel and timeout
+/// while grants are held back notes its key again, so duplicates are dropped
+/// whenever the list doubles: it stays within twice the keys it names, at an
+/// amortised O(log n) per note.
+fn note_pending(pending: &mut Vec<u32>, h: u32) {
+    pending.push(h);
+    if pending.len() >= 64 && pending.len().is_power_of_two() {
+        pending.sort_unstable();
+        pending.dedup();
+    }
+}
+
 /// Makes sure a lease timer of key `h` is due no later than `at`: keeps the
 /// one it has if so (it fires early and is put back), else sets a new one.
 fn arm<W>(wheel: &mut Wheel, e: &mut Entry<W>, h: u32, at: Time) {
@@ -490,4 +500,21 @@ fn arm<W>(wheel: &mut Wheel, e: &mut Entry<W>, h: u32, at: Time) {
 fn unreachable_lease(key: &str) -> Lease {
     debug_assert!(false, "lease asked for a key without holder: {key}");
     Lease { key: Arc::from(key), owner: Arc::from(""), token: 0, ttl: Duration::ZERO, expires_at: Time::ZERO }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::note_pending;
+
+    #[test]
+    fn pending_keys_noted_again_and_again_stay_bounded() {
+        let mut pending = Vec::new();
+        for i in 0..100_000u32 {
+            note_pending(&mut pending, i % 10);
+        }
+        assert!(pending.len() < 128, "{} entries for 10 keys", pending.len());
+        pending.sort_unstable();
+        pending.dedup();
+        assert_eq!(pending, (0..10).collect::<Vec<_>>(), "no key is lost");
+    }
 }
