@@ -204,14 +204,6 @@ async fn renew_held(
     want: i64,
 ) -> Result<Option<(EtcdLease, i64)>, BackendError> {
     if want == held.ttl {
-        // The keep-alive first: the write disarms the expiry timer of the
-        // sidecar that granted or last renewed the lease, so it must not
-        // happen unless the lease is renewed. Were the keep-alive to fail after
-        // the write, nobody would end the lease at its TTL, only etcd, late.
-        let lease = EtcdLease { id: held.lease, ttl: held.ttl };
-        if !ActiveLease::new(lease, Instant::now()).keep_alive(inner).await? {
-            return Ok(None);
-        }
         let touch = PutOptions::new().with_lease(held.lease).with_ignore_value();
         let txn = Txn::new().when(entry_is(&held.entry, token, held.lease)).and_then([TxnOp::put(
             held.entry.clone(),
@@ -219,7 +211,11 @@ async fn renew_held(
             Some(touch),
         )]);
         let resp = inner.write(key, "renew", txn).await?;
-        return Ok(resp.succeeded.then_some((lease, resp.revision)));
+        let lease = EtcdLease { id: held.lease, ttl: held.ttl };
+        if !resp.succeeded || !ActiveLease::new(lease, Instant::now()).keep_alive(inner).await? {
+            return Ok(None);
+        }
+        return Ok(Some((EtcdLease { id: held.lease, ttl: held.ttl }, resp.revision)));
     }
     let lease = inner.grant_lease(want).await?;
     let value = EntryValue { owner: held.owner.to_string(), ttl: lease.ttl, share: false };
