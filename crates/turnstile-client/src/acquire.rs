@@ -167,7 +167,9 @@ impl Client {
                         // The caller asked to wait as long as it takes (a
                         // restart or crash recovery may take longer than a
                         // call); it bounds the wait by dropping the future.
-                        Wait::Forever => false,
+                        // A coordinator never reached at all is more likely
+                        // a wrong address: that fails after one call timeout.
+                        Wait::Forever => !inner.has_reached() && since.elapsed() + pause >= inner.call_timeout,
                     };
                     if out_of_time {
                         return Err(e);

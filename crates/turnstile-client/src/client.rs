@@ -118,7 +118,9 @@ impl ClientBuilder {
     pub async fn connect(self) -> Result<Client, Error> {
         let (endpoint, inner) = self.parts()?;
         let channel = endpoint.connect().await.map_err(|e| Error::Unavailable { message: chain(&e) })?;
-        Ok(inner(channel))
+        let client = inner(channel);
+        client.inner.mark_reached();
+        Ok(client)
     }
 
     /// Builds the client without connecting; the connection is made by the

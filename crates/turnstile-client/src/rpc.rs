@@ -3,7 +3,7 @@
 //! retries after a lost connection.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tonic::metadata::{Ascii, MetadataValue};
@@ -25,6 +25,10 @@ pub(crate) struct Inner {
     /// How long one call may take beyond the time it waits for a lock.
     pub(crate) call_timeout: Duration,
     auth: Option<MetadataValue<Ascii>>,
+    /// Whether the coordinator has ever answered this client (or `connect`
+    /// reached it): past that, an outage is a restart to ride out; before
+    /// it, most likely a wrong address.
+    reached: AtomicBool,
 }
 
 /// Which failures a call retries (always with backoff, within its deadline).
@@ -50,7 +54,25 @@ impl Inner {
         call_timeout: Duration,
         auth: Option<MetadataValue<Ascii>>,
     ) -> Inner {
-        Inner { rpc: LockServiceClient::new(channel), owner, seq: AtomicU64::new(0), ttl, call_timeout, auth }
+        Inner {
+            rpc: LockServiceClient::new(channel),
+            owner,
+            seq: AtomicU64::new(0),
+            ttl,
+            call_timeout,
+            auth,
+            reached: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the coordinator has answered this client at least once.
+    pub(crate) fn has_reached(&self) -> bool {
+        self.reached.load(Ordering::Relaxed)
+    }
+
+    /// Notes that the coordinator answered (or a connection to it was made).
+    pub(crate) fn mark_reached(&self) {
+        self.reached.store(true, Ordering::Relaxed);
     }
 
     /// A fresh owner string for one acquisition. Each acquisition has its own,
@@ -106,9 +128,15 @@ impl Inner {
             let req = self.request(msg.clone(), left);
             let status = match tokio::time::timeout(left, send(self.rpc.clone(), req)).await {
                 Err(_) => return Err(Error::Timeout { operation, after: budget }),
-                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Ok(resp)) => {
+                    self.mark_reached();
+                    return Ok(resp.into_inner());
+                }
                 Ok(Err(status)) => status,
             };
+            if !is_transport(&status) {
+                self.mark_reached(); // the coordinator itself answered
+            }
             let retryable = match retry {
                 Retry::Never => false,
                 Retry::Transport => is_transport(&status),

@@ -312,6 +312,10 @@ async fn a_missing_command_and_an_unreachable_coordinator_have_their_codes() {
     let out = output(turnstile(&refused.url(), &["--timeout", "500ms", "ls"])).await;
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unavailable"));
+    // Waiting for a lock (no --wait) does not wait forever on a coordinator
+    // that never answered: most likely a wrong address.
+    let out = output(turnstile(&refused.url(), &["--timeout", "500ms", "lock", "k", "--", "true"])).await;
+    assert_eq!(out.status.code(), Some(125), "{}", String::from_utf8_lossy(&out.stderr));
     let out = output(turnstile(&node.url(), &["lock", "--ttl", "soon", "k", "--", "true"])).await;
     assert_eq!(out.status.code(), Some(2), "usage error");
 }

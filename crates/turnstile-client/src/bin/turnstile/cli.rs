@@ -138,7 +138,8 @@ pub(crate) struct LockArgs {
     pub(crate) ttl: Duration,
 
     /// How long to wait for the lock (0: try once). Default: as long as it
-    /// takes, also while the coordinator is unreachable or restarting.
+    /// takes, also while the coordinator is unreachable or restarting once it
+    /// has answered (one that never answers fails after --timeout).
     #[arg(long, value_parser = parse_duration)]
     pub(crate) wait: Option<Duration>,
 
