@@ -138,10 +138,7 @@ async fn waiter_whose_lease_ended_while_waiting_is_never_granted() {
         Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
         Ok(r) => panic!("a waiter whose lease ended was answered {r:?}"),
     }
-    let info = get(&mut ca, "jepsen").await;
-    assert!(!info.held, "nobody holds the key: {info:?}");
-    let next = must_acquire(&mut ca, acquire("jepsen", "next", LONG, Duration::ZERO)).await;
-    assert!(next.fencing_token > holder.fencing_token);
+    assert_free_and_tokens_go_on(&mut ca, "jepsen", &holder).await;
 }
 
 /// etcd issue 11456 without a pause: the waiter's own etcd lease is revoked
@@ -168,10 +165,7 @@ async fn waiter_whose_lease_was_revoked_is_never_granted() {
         Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
         Ok(r) => assert!(!r.into_inner().acquired, "a waiter whose lease was revoked was granted"),
     }
-    let info = get(&mut ca, "revoked").await;
-    assert!(!info.held, "nobody holds the key: {info:?}");
-    let next = must_acquire(&mut ca, acquire("revoked", "next", LONG, Duration::ZERO)).await;
-    assert!(next.fencing_token > holder.fencing_token);
+    assert_free_and_tokens_go_on(&mut ca, "revoked", &holder).await;
 }
 
 /// etcd stopped (connections refused, not a hang): a LockGuard reports its
@@ -232,4 +226,13 @@ async fn tokens_increase_across_sidecar_and_etcd_restarts() {
     etcd.restart();
     let lease = acquire_when_served(&c, acquire("restarts", "o", LONG, Duration::ZERO), Duration::from_secs(20)).await;
     grant(&lease, "after an etcd crash and restart");
+}
+
+/// After a waiter was refused its grant: nobody holds `key`, and the next
+/// grant gets a token above the last holder's.
+async fn assert_free_and_tokens_go_on(c: &mut Client, key: &str, holder: &v1::Lease) {
+    let info = get(c, key).await;
+    assert!(!info.held, "nobody holds the key: {info:?}");
+    let next = must_acquire(c, acquire(key, "next", LONG, Duration::ZERO)).await;
+    assert!(next.fencing_token > holder.fencing_token);
 }
