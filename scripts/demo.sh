@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The double payment of DESIGN.md problem 1, live: starts turnstiled and three
+# The double payment of docs/design.md problem 1, live: starts turnstiled and three
 # payment-service instances (no lock, try-lock, wait-lock), fires 20
 # concurrent PUTs at one payment on each, and prints the provider-call counts
 # side by side.

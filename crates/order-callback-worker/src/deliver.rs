@@ -1,5 +1,5 @@
 //! One "order placed" delivery: the per-order lease, the simulated work, and
-//! the one-transaction write of DESIGN.md problem 3.
+//! the one-transaction write of docs/design.md problem 3.
 
 use std::time::Duration;
 

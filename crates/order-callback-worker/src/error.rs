@@ -40,7 +40,7 @@ pub(crate) enum ApiError {
         order_id: i64,
     },
     /// The callback came before the order's own transaction committed
-    /// (the second bug of DESIGN.md problem 3): nothing was counted.
+    /// (the second bug of docs/design.md problem 3): nothing was counted.
     #[error("order {order_id} is not committed yet: retry later")]
     NotCommitted {
         /// The order.

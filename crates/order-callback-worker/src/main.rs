@@ -1,4 +1,4 @@
-//! `order-callback-worker`: a sample that solves DESIGN.md problem 3, the
+//! `order-callback-worker`: a sample that solves docs/design.md problem 3, the
 //! duplicate order callback, with a per-order turnstile lease and a fenced
 //! write.
 //!

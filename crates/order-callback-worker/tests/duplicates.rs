@@ -1,4 +1,4 @@
-//! DESIGN.md problem 3, end to end against a real turnstiled and the real
+//! docs/design.md problem 3, end to end against a real turnstiled and the real
 //! worker binary: duplicate deliveries arriving together count once, and a
 //! callback that comes before its order commits counts nothing until it is
 //! delivered again.

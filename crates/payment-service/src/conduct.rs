@@ -1,5 +1,5 @@
 //! Conducting a payment (`PUT /payments/{id}`): the read–charge–write
-//! section of DESIGN.md problem 1, under the payment's lease.
+//! section of docs/design.md problem 1, under the payment's lease.
 //!
 //! Under a lease with token `t` the PUT touches the row twice (see
 //! [`crate::store`]): it *claims* it before charging (`fence = t` where

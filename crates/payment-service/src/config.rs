@@ -41,7 +41,7 @@ pub(crate) struct Config {
     pub(crate) lock_mode: LockMode,
 
     /// Run WITHOUT the lock and the fenced write: the broken version of
-    /// DESIGN.md problem 1, for the demo. Concurrent PUTs charge twice.
+    /// docs/design.md problem 1, for the demo. Concurrent PUTs charge twice.
     #[arg(long, env = "PAYMENT_NO_LOCK")]
     pub(crate) no_lock: bool,
 

@@ -1,4 +1,4 @@
-//! `payment-service`: a sample payment API that solves DESIGN.md problem 1,
+//! `payment-service`: a sample payment API that solves docs/design.md problem 1,
 //! the double payment, with a per-payment turnstile lease and a fenced write.
 //!
 //! `PUT /payments/{id}` reads the payment, calls a slow payment provider and

@@ -1,4 +1,4 @@
-//! DESIGN.md problem 1, end to end: 20 concurrent PUTs on one payment against
+//! docs/design.md problem 1, end to end: 20 concurrent PUTs on one payment against
 //! a real turnstiled and the real payment-service binary. With the lock the
 //! provider is called exactly once; with `--no-lock` it is called more than
 //! once (the double charge the lock exists for).

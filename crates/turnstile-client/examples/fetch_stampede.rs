@@ -1,4 +1,4 @@
-//! The cache stampede of DESIGN.md problem 2: N concurrent requests miss the
+//! The cache stampede of docs/design.md problem 2: N concurrent requests miss the
 //! cache for one cold key; with `fetch`, one computes and the others receive
 //! its value, with no second computation and no second cache read.
 //!

@@ -1,4 +1,4 @@
-//! Try-lock, the double payment of DESIGN.md problem 1: a second concurrent
+//! Try-lock, the double payment of docs/design.md problem 1: a second concurrent
 //! "PUT /payments/42" gets `409 Resource is locked` at once instead of
 //! charging the card twice.
 //!

@@ -1,6 +1,6 @@
 //! `with_lock`: run a future under a lock in one call; it is stopped with
 //! `LeaseLost` if the lease is lost before it finishes (the duplicate order
-//! callback of DESIGN.md problem 3: a redelivered callback waits, then finds
+//! callback of docs/design.md problem 3: a redelivered callback waits, then finds
 //! the order already counted).
 //!
 //! Run a coordinator, then `cargo run -p turnstile-client --example with_lock`.

@@ -1,4 +1,4 @@
-//! The fetch lock of DESIGN.md problem 2: [`Client::fetch`] and its typed
+//! The fetch lock of docs/design.md problem 2: [`Client::fetch`] and its typed
 //! form [`Client::fetch_json`]. Of many concurrent callers one computes, the
 //! others receive its bytes; if it fails or dies, the next one computes.
 

@@ -1,5 +1,5 @@
 //! [`LockGuard`]: a held lease, renewed by a background task that follows
-//! the clock rule of DESIGN.md, signals a lost lease, and releases the lease
+//! the clock rule of docs/design.md, signals a lost lease, and releases the lease
 //! when the guard is released or dropped.
 
 use std::future::Future;
@@ -234,7 +234,7 @@ impl LockGuard {
     }
 
     /// Ends the lease and hands `result` to every waiter that asked for a
-    /// shared result (the fetch lock of DESIGN.md). If the coordinator refuses
+    /// shared result (the fetch lock of docs/design.md). If the coordinator refuses
     /// the result (larger than its maximum: [`Error::ResourceExhausted`]), the
     /// lease is released without it and that error is returned.
     pub async fn release_with_result(self, result: Vec<u8>) -> Result<(), Error> {

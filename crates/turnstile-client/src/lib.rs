@@ -26,7 +26,7 @@
 //! # async fn charge_card(_token: u64) {}
 //! ```
 //!
-//! Each call needs a tokio runtime. The clock rule of DESIGN.md holds
+//! Each call needs a tokio runtime. The clock rule of docs/design.md holds
 //! throughout: a lease is valid until the *send* time of its last successful
 //! grant or renew plus its TTL, on the local monotonic clock.
 //!

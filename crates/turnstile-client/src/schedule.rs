@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 /// shorter maximum answers earlier, and the client asks again).
 pub(crate) const MAX_WAIT_PER_CALL: Duration = Duration::from_secs(300);
 
-/// The clock rule of DESIGN.md: a lease granted or renewed by a request sent
+/// The clock rule of docs/design.md: a lease granted or renewed by a request sent
 /// at `sent` with `ttl` is valid until `sent + ttl`, never longer.
 pub(crate) fn valid_until(sent: Instant, ttl: Duration) -> Instant {
     sent + ttl

@@ -164,7 +164,7 @@ async fn ready_handler<B: Backend>(State(s): State<Arc<Http<B>>>) -> (StatusCode
 }
 
 /// tonic's codec refuses a request over the decoding limit with
-/// `OUT_OF_RANGE` before any handler runs; DESIGN.md answers every limit
+/// `OUT_OF_RANGE` before any handler runs; docs/design.md answers every limit
 /// breach with `RESOURCE_EXHAUSTED` naming the field. Only the codec answers
 /// `OUT_OF_RANGE` here, and only a large `result` can make a request that big.
 fn too_large_is_exhausted(

@@ -1,4 +1,4 @@
-//! Restart safety of the memory backend (DESIGN.md "Restarts"): the token
+//! Restart safety of the memory backend (docs/design.md "Restarts"): the token
 //! block and the lease horizon in `state.json`, and the lease table in
 //! `snapshot.jsonl` on graceful shutdown. Files are written with fsync and an
 //! atomic rename, and never on the per-grant hot path: a grant only writes

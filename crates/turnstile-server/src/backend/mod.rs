@@ -1,5 +1,5 @@
 //! The [`Backend`] contract every store of lock state keeps (G1–G8 of
-//! DESIGN.md), and the validated, protocol-free types it speaks.
+//! docs/design.md), and the validated, protocol-free types it speaks.
 //!
 //! Handlers validate requests (see [`crate::validate`]) before calling a
 //! backend, so a backend may assume keys, owners and durations are in range.

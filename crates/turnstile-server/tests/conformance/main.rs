@@ -1,4 +1,4 @@
-//! The conformance suite: G1–G8 of DESIGN.md over real gRPC against real
+//! The conformance suite: G1–G8 of docs/design.md over real gRPC against real
 //! `turnstiled` processes. Every backend runs the same tests: a backend adds
 //! one `conformance!(name, fixture)` line with a [`Fixture`] that starts
 //! `turnstiled` over its state.
