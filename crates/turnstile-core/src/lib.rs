@@ -4,7 +4,8 @@
 //! The table does no I/O and reads no clock: every operation takes `now` as a
 //! [`Time`], changes the table, and leaves [`Effect`]s (a waiter granted, a
 //! shared result delivered, a lease expired) for the host to carry out. The
-//! host calls [`LockTable::tick`] at [`LockTable::next_deadline`]. This keeps
+//! host takes both with [`LockTable::drain`] (effects plus the instant to
+//! wake by) and calls [`LockTable::tick`] at that instant. This keeps
 //! every guarantee testable with explicit instants.
 //!
 //! # Layout
@@ -54,6 +55,6 @@ mod wheel;
 
 pub use error::CoreError;
 pub use shared::{Counters, TableConfig};
-pub use table::{LockTable, Wait};
+pub use table::{LockTable, Ready, Wait};
 pub use time::Time;
 pub use types::{AcquireArgs, Acquired, Effect, HolderInfo, Lease, LockInfo, WaiterId};

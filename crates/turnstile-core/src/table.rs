@@ -10,6 +10,16 @@ use crate::store::{lease_of, nanos, Entry, Holder, KeyStore, Waiter};
 use crate::wheel::{TimerKind, Wheel, NIL};
 use crate::{AcquireArgs, Acquired, CoreError, Counters, Effect, Lease, LockInfo, TableConfig, Time, WaiterId};
 
+/// What [`LockTable::drain`] hands the host: effects to carry out and when to
+/// tick next (the shape of raft-rs's `Ready`).
+#[derive(Debug)]
+pub struct Ready<W> {
+    /// Effects produced since the last drain, oldest first.
+    pub effects: Vec<Effect<W>>,
+    /// Call [`LockTable::tick`] at this instant (`None`: nothing is scheduled).
+    pub wake_by: Option<Time>,
+}
+
 /// A waiter's request to queue: until when, and the host's payload for it.
 #[derive(Debug)]
 pub struct Wait<W> {
@@ -64,6 +74,17 @@ impl<W> LockTable<W> {
     /// Takes the effects produced since the last call, oldest first.
     pub fn drain_effects(&mut self) -> std::vec::Drain<'_, Effect<W>> {
         self.effects.drain(..)
+    }
+
+    /// Everything the host must act on after one or more operations, in one
+    /// value: the effects produced since the last drain, oldest first, and
+    /// the instant by which it must call [`LockTable::tick`] next
+    /// ([`LockTable::next_deadline`], O(1)). A host that wakes at `wake_by`
+    /// after every drain never misses a deadline the table knows of, and
+    /// derives none itself (a refresh to a shorter TTL, a new waiter, a
+    /// grant all move it without an effect saying so).
+    pub fn drain(&mut self) -> Ready<W> {
+        Ready { effects: std::mem::take(&mut self.effects), wake_by: self.next_deadline() }
     }
 
     /// Grants nothing before `until`: try-locks get [`CoreError::Recovering`],
@@ -206,7 +227,10 @@ impl<W> LockTable<W> {
         self.store.maybe_sweep();
     }
 
-    /// The earliest instant at which [`LockTable::tick`] has work to do.
+    /// The instant at which the host must next call [`LockTable::tick`]: never
+    /// later than any lease expiry, wait deadline or end of the recovery hold,
+    /// and never so early that a tick there makes no progress. O(1): the
+    /// timing wheel keeps it at every insert.
     pub fn next_deadline(&self) -> Option<Time> {
         match (self.wheel.next_deadline(), self.grants_resume_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -504,7 +528,105 @@ fn unreachable_lease(key: &str) -> Lease {
 
 #[cfg(test)]
 mod tests {
-    use super::note_pending;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::{note_pending, LockTable, Wait};
+    use crate::{AcquireArgs, Acquired, Counters, TableConfig, Time};
+
+    /// One step a host can take.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Acquire { key: u8, owner: u8, ttl_ms: u64, wait_ms: u64 },
+        Renew { key: u8, ttl_ms: Option<u64> },
+        Release { key: u8 },
+        Cancel { nth: usize },
+        Hold { ms: u64 },
+        Advance { ms: u64 },
+        TickAtWake,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // TTLs and waits span less than, and more than, one wheel revolution (4.1 s).
+        let ms = prop_oneof![1u64..50, 50u64..2_000, 2_000u64..20_000];
+        prop_oneof![
+            4 => (0u8..4, 0u8..3, ms.clone(), prop_oneof![Just(0u64), 1u64..10_000])
+                .prop_map(|(key, owner, ttl_ms, wait_ms)| Op::Acquire { key, owner, ttl_ms, wait_ms }),
+            2 => (0u8..4, proptest::option::of(ms.clone())).prop_map(|(key, ttl_ms)| Op::Renew { key, ttl_ms }),
+            2 => (0u8..4).prop_map(|key| Op::Release { key }),
+            1 => (0usize..8).prop_map(|nth| Op::Cancel { nth }),
+            1 => (1u64..5_000).prop_map(|ms| Op::Hold { ms }),
+            2 => ms.prop_map(|ms| Op::Advance { ms }),
+            3 => Just(Op::TickAtWake),
+        ]
+    }
+
+    proptest! {
+        /// The host's wake time, taken from `drain()` after every operation,
+        /// equals the table's earliest timer (a full scan of the wheel, and
+        /// the recovery hold), and the table reaches it without re-deriving
+        /// deadlines from effects: a refresh to a shorter TTL moves it too.
+        #[test]
+        fn the_hosts_wake_time_is_the_tables_earliest_timer(ops in proptest::collection::vec(op(), 1..120)) {
+            let mut now = Time::from_millis(1);
+            let mut t: LockTable<u64> = LockTable::new(TableConfig::default(), Arc::new(Counters::new(1)), now);
+            let mut tokens: Vec<Option<u64>> = vec![None; 4];
+            let mut queued: Vec<(String, crate::WaiterId)> = Vec::new();
+            let mut host_wake = None;
+            for op in ops {
+                let key = |k: u8| format!("k{k}");
+                match op {
+                    Op::Acquire { key: k, owner, ttl_ms, wait_ms } => {
+                        let name = key(k);
+                        let args = AcquireArgs { key: &name, owner: &format!("o{owner}"), ttl: Duration::from_millis(ttl_ms), share_result: false };
+                        let wait = (wait_ms > 0).then(|| Wait { until: now + Duration::from_millis(wait_ms), payload: 0 });
+                        match t.acquire(&args, wait, now) {
+                            Ok(Acquired::Granted(l) | Acquired::Refreshed(l)) => tokens[k as usize] = Some(l.token),
+                            Ok(Acquired::Queued(id)) => queued.push((name, id)),
+                            _ => {}
+                        }
+                    }
+                    Op::Renew { key: k, ttl_ms } => {
+                        if let Some(token) = tokens[k as usize] {
+                            let _ = t.renew(&key(k), token, ttl_ms.map(Duration::from_millis), now);
+                        }
+                    }
+                    Op::Release { key: k } => {
+                        if let Some(token) = tokens[k as usize].take() {
+                            t.release(&key(k), token, None, now);
+                        }
+                    }
+                    Op::Cancel { nth } => {
+                        if nth < queued.len() {
+                            let (k, id) = queued.remove(nth);
+                            t.cancel(&k, id, now);
+                        }
+                    }
+                    Op::Hold { ms } => t.hold_grants_until(now + Duration::from_millis(ms)),
+                    Op::Advance { ms } => now = now + Duration::from_millis(ms),
+                    Op::TickAtWake => {
+                        now = host_wake.map_or(now, |w: Time| w.max(now));
+                        t.tick(now);
+                    }
+                }
+                let ready = t.drain();
+                for e in ready.effects {
+                    if let crate::Effect::Granted { lease, .. } = e {
+                        let k: usize = lease.key[1..].parse().expect("k<n>");
+                        tokens[k] = Some(lease.token);
+                    }
+                }
+                host_wake = ready.wake_by;
+                let scanned = match (t.wheel.scan_deadline(), t.grants_resume_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                prop_assert_eq!(host_wake, scanned, "host wake vs the wheel's earliest timer at {:?}", now);
+            }
+        }
+    }
 
     #[test]
     fn pending_keys_noted_again_and_again_stay_bounded() {

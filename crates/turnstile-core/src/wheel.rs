@@ -74,6 +74,9 @@ pub(crate) struct Wheel {
     cursor: u64,
     /// Nodes linked into slots.
     len: usize,
+    /// The earliest wake hint (nanos) of any linked node, `u64::MAX` when
+    /// none: kept by every insert in O(1), recomputed once per advance.
+    wake: u64,
 }
 
 impl Wheel {
@@ -86,6 +89,7 @@ impl Wheel {
             tails: vec![NIL; SLOTS].into_boxed_slice(),
             cursor: now.as_nanos() / SLOT_NANOS,
             len: 0,
+            wake: u64::MAX,
         }
     }
 
@@ -157,6 +161,27 @@ impl Wheel {
         }
         self.tails[slot] = id;
         self.len += 1;
+        self.wake = self.wake.min(self.hint(self.nodes[id as usize].at));
+    }
+
+    /// The earliest instant at which [`Wheel::advance_slot`] may fire a timer
+    /// due at `at`, given the cursor: `at` itself if it falls within the
+    /// revolution ahead, else the start of its slot's next visit (the timer
+    /// is then met early, once per revolution, and left in place). The cursor's
+    /// own slot has started already, so a later revolution of it is met one
+    /// revolution on. Depends only on `at` and the cursor, which moves only in
+    /// an advance: between advances, the minimum over timers is kept exactly
+    /// by taking the minimum at each insert.
+    fn hint(&self, at: u64) -> u64 {
+        let rel = (at / SLOT_NANOS).max(self.cursor) - self.cursor;
+        if rel < SLOTS as u64 {
+            return at;
+        }
+        let first = match rel % SLOTS as u64 {
+            0 => SLOTS as u64,
+            i => i,
+        };
+        (self.cursor + first).saturating_mul(SLOT_NANOS)
     }
 
     /// Visits the next slot that elapsed by `now`: unlinks its timers due at
@@ -178,6 +203,8 @@ impl Wheel {
         } else {
             // The current slot may hold timers due later within it.
             self.drain_due(slot_index(self.cursor), now.as_nanos(), fired);
+            // The cursor stays here until the next advance: hints are final.
+            self.refresh_deadline();
             false
         }
     }
@@ -209,41 +236,53 @@ impl Wheel {
         self.tails[slot] = kept;
     }
 
-    /// The earliest instant at which [`Wheel::advance_slot`] may fire a timer: the
-    /// earliest due time in the first non-empty slot, or that slot's start if
-    /// it only holds timers of a later revolution (an early wake-up that
-    /// fires nothing, at most once per slot and revolution). The cursor's own
-    /// slot has started already, so its later-revolution timers are looked
-    /// for one revolution on (`i == SLOTS`): the answer is always after the
-    /// last advance, and a host ticking at it makes progress.
+    /// The earliest instant at which [`Wheel::advance_slot`] may fire a
+    /// timer, in O(1): the least [`Wheel::hint`] of any timer (`None` when
+    /// none is scheduled). A host that wakes at it and advances either fires
+    /// a timer or moves the cursor past a slot that held only later
+    /// revolutions, so it always makes progress and is never late.
     pub(crate) fn next_deadline(&self) -> Option<Time> {
-        if self.len == 0 {
-            return None;
-        }
-        for i in 0..=SLOTS as u64 {
-            let abs = self.cursor + i;
-            if let Some(earliest) = self.earliest_in(slot_index(abs)) {
-                let slot_end = (abs + 1).saturating_mul(SLOT_NANOS);
-                if earliest < slot_end {
-                    return Some(Time::from_nanos(earliest));
-                }
-                if i > 0 {
-                    return Some(Time::from_nanos(abs.saturating_mul(SLOT_NANOS)));
-                }
-            }
-        }
-        None
+        (self.wake != u64::MAX).then(|| Time::from_nanos(self.wake))
     }
 
-    fn earliest_in(&self, slot: usize) -> Option<u64> {
-        let mut cur = self.heads[slot];
-        let mut earliest = None;
-        while cur != NIL {
-            let n = &self.nodes[cur as usize];
-            earliest = Some(earliest.map_or(n.at, |e: u64| e.min(n.at)));
-            cur = n.next;
+    /// Recomputes [`Wheel::next_deadline`] after an advance moved the cursor.
+    /// Hints of a slot's timers lie within that slot's visit (or, for a later
+    /// revolution of the cursor's own slot, one revolution on), so the first
+    /// slot holding a timer of this revolution has the least: the scan stops
+    /// there, at a cost of one look per empty slot, as any advance pays.
+    fn refresh_deadline(&mut self) {
+        self.wake = u64::MAX;
+        if self.len == 0 {
+            return;
         }
-        earliest
+        for i in 0..SLOTS as u64 {
+            let mut cur = self.heads[slot_index(self.cursor + i)];
+            let found = cur != NIL;
+            while cur != NIL {
+                let n = self.nodes[cur as usize];
+                self.wake = self.wake.min(self.hint(n.at));
+                cur = n.next;
+            }
+            // Slot 0's later revolutions hint one revolution on: look further.
+            if found && (i > 0 || self.wake < (self.cursor + 1).saturating_mul(SLOT_NANOS)) {
+                return;
+            }
+        }
+    }
+
+    /// The least hint over every linked timer, by a full scan (tests).
+    #[cfg(test)]
+    pub(crate) fn scan_deadline(&self) -> Option<Time> {
+        let mut least = None::<u64>;
+        for &head in self.heads.iter() {
+            let mut cur = head;
+            while cur != NIL {
+                let n = self.nodes[cur as usize];
+                least = Some(least.map_or(self.hint(n.at), |l| l.min(self.hint(n.at))));
+                cur = n.next;
+            }
+        }
+        least.map(Time::from_nanos)
     }
 }
 
