@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use turnstile_core::{
-    AcquireArgs, Acquired, Counters, Effect, Lease, LockInfo, LockTable, TableConfig, Time, Wait, WaiterId,
+    AcquireArgs, Acquired, Counters, Effect, Lease, LockInfo, LockTable, Ready, TableConfig, Time, Wait, WaiterId,
 };
 
 use super::durable::DurableState;
@@ -78,7 +78,12 @@ impl MemoryBackend {
     /// Opens the data dir (if any), restores a snapshot or enters recovery,
     /// and starts one expiry task per shard. Must run inside a tokio runtime.
     pub fn start(config: &Config, metrics: Arc<Metrics>) -> std::io::Result<Self> {
-        let clock = Clock::new();
+        Self::start_with_clock(config, metrics, Clock::new())
+    }
+
+    /// [`MemoryBackend::start`] on a given clock (tests drive it with tokio's
+    /// paused time and a virtual wall clock).
+    pub fn start_with_clock(config: &Config, metrics: Arc<Metrics>, clock: Clock) -> std::io::Result<Self> {
         let (durable, recovered) = match config.state_dir() {
             Some(dir) => {
                 let (d, r) = DurableState::open(dir, config.token_block, config.horizon_step, clock)?;
@@ -157,31 +162,27 @@ impl Inner {
         Ok(())
     }
 
-    /// Runs `op` on the shard of `key`, collects its effects, tells the expiry
-    /// task about any earlier deadline, then carries the effects out unlocked.
+    /// Runs `op` on the shard of `key`, takes what the table hands back
+    /// (effects, and the instant to wake by), tells the expiry task about an
+    /// earlier wake-up, then carries the effects out unlocked. The table
+    /// knows its earliest timer; nothing here re-derives it.
     fn with_table<T>(&self, idx: usize, op: impl FnOnce(&mut LockTable<Reply>, Time) -> T) -> T {
         let now = self.clock.now();
-        let (out, effects, wake) = {
+        let (out, ready) = {
             let mut table = self.lock(idx);
             let out = op(&mut table, now);
-            let effects: Vec<_> = table.drain_effects().collect();
-            // Every deadline an operation can create is a lease expiry or a wait
-            // deadline; the table's earliest is what the task must wake for.
-            // Reading it here would scan the wheel, so compare the candidates.
-            let earliest = effects
-                .iter()
-                .filter_map(|e| match e {
-                    Effect::Granted { lease, .. } => Some(lease.expires_at),
-                    _ => None,
-                })
-                .min();
-            (out, effects, earliest)
+            (out, table.drain())
         };
-        if let Some(t) = wake {
+        self.carry_out(idx, ready);
+        out
+    }
+
+    /// Wakes the shard's task by `ready.wake_by` and carries out its effects.
+    fn carry_out(&self, idx: usize, ready: Ready<Reply>) {
+        if let Some(t) = ready.wake_by {
             self.schedule(idx, t);
         }
-        self.deliver(idx, effects);
-        out
+        self.deliver(idx, ready.effects);
     }
 
     /// Makes sure the shard's expiry task wakes by `t`.
@@ -202,15 +203,15 @@ impl Inner {
                     if let Err(Answer::Granted(lease)) = waiter.send(Answer::Granted(lease)) {
                         self.metrics.grants_taken_back.inc();
                         let now = self.clock.now();
-                        let mut table = self.lock(idx);
-                        table.release(&lease.key, lease.token, None, now);
-                        queue.extend(table.drain_effects());
-                        drop(table);
-                        for e in &queue {
-                            if let Effect::Granted { lease, .. } = e {
-                                self.schedule(idx, lease.expires_at);
-                            }
+                        let ready = {
+                            let mut table = self.lock(idx);
+                            table.release(&lease.key, lease.token, None, now);
+                            table.drain()
+                        };
+                        if let Some(t) = ready.wake_by {
+                            self.schedule(idx, t);
                         }
+                        queue.extend(ready.effects);
                     }
                 }
                 Effect::SharedResult { waiter, result } => {
@@ -309,12 +310,11 @@ async fn expiry_loop(inner: Arc<Inner>, idx: usize) {
         let (effects, next) = {
             let mut table = inner.lock(idx);
             table.tick(now);
-            let effects: Vec<_> = table.drain_effects().collect();
-            let next = table.next_deadline();
+            let Ready { effects, wake_by } = table.drain();
             // Stored under the lock, so an operation either sees this value
-            // or inserted its timer before next_deadline() looked.
-            shard.next_wake.store(next.map_or(u64::MAX, Time::as_nanos), Ordering::Release);
-            (effects, next)
+            // or inserted its timer before drain() looked.
+            shard.next_wake.store(wake_by.map_or(u64::MAX, Time::as_nanos), Ordering::Release);
+            (effects, wake_by)
         };
         inner.deliver(idx, effects);
         match next {
@@ -346,21 +346,11 @@ impl Backend for MemoryBackend {
             // waiters under the same lock, so nothing is granted or queued
             // after it (and so after the shutdown snapshot).
             if inner.closed.load(Ordering::Acquire) {
-                return (Err(BackendError::ShuttingDown), None);
+                return Err(BackendError::ShuttingDown);
             }
             let wait = payload.take().map(|payload| Wait { until: now + req.wait, payload });
-            let out = t.acquire(&args, wait, now).map_err(BackendError::from);
-            let deadline = match &out {
-                Ok(Acquired::Granted(l)) => Some(l.expires_at),
-                Ok(Acquired::Queued(_)) => Some(now + req.wait),
-                _ => None,
-            };
-            (out, deadline)
+            t.acquire(&args, wait, now).map_err(BackendError::from)
         });
-        let (outcome, deadline) = outcome;
-        if let Some(t) = deadline {
-            inner.schedule(idx, t);
-        }
         match outcome? {
             Acquired::Granted(lease) => {
                 inner.metrics.acquired.inc();
@@ -415,7 +405,6 @@ impl Backend for MemoryBackend {
             }
             t.renew(&key, token, ttl, now).map_err(BackendError::from)
         })?;
-        inner.schedule(idx, lease.expires_at);
         // If this fails the client never hears of the extension, so by the
         // clock rule it does not count on it: failing is safe.
         inner.make_durable(&lease).await?;

@@ -1,0 +1,1 @@
+//! Restart and recovery states (filled below).

@@ -1,0 +1,76 @@
+//! Expiry wake-ups and wait deadlines of the memory backend's shard tasks.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use turnstile_server::backend::{AcquireOutcome, Backend};
+use turnstile_server::clock::Clock;
+
+use crate::{await_waiters, backend, must_acquire, req};
+
+/// G3 after a shorter refresh (issue 9, defect 1): the holder re-acquires
+/// its own key (G5) with a TTL shorter than the one it held, while a waiter
+/// is parked. The waiter is granted when the new, earlier expiry passes, not
+/// when the shard's task happens to wake for an older deadline.
+#[tokio::test(start_paused = true)]
+async fn g3_a_refresh_to_a_shorter_ttl_grants_the_waiter_at_the_new_expiry() {
+    let b = std::sync::Arc::new(backend(&["--data-dir", ""], Clock::new()).expect("start"));
+    let a = must_acquire(&b, req("k", "a", Duration::from_secs(20), Duration::ZERO)).await;
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let out = b.acquire(req("k", "b", Duration::from_secs(20), Duration::from_secs(8))).await;
+            (out, Instant::now())
+        })
+    };
+    await_waiters(&b, "k", 1).await;
+    let refreshed_at = Instant::now();
+    let again = must_acquire(&b, req("k", "a", Duration::from_millis(300), Duration::ZERO)).await;
+    assert_eq!(again.token, a.token, "G5: the same lease, refreshed");
+    let (out, granted_at) = waiter.await.expect("waiter task");
+    let Ok(AcquireOutcome::Acquired(g)) = out else { panic!("the waiter was not granted: {out:?}") };
+    assert!(g.token > a.token);
+    let after = granted_at - refreshed_at;
+    assert!(
+        after >= Duration::from_millis(300) && after <= Duration::from_millis(302),
+        "granted {after:?} after the refresh to 300 ms, not at the new expiry"
+    );
+}
+
+/// G3 after a shorter renew: the same rule through Renew.
+#[tokio::test(start_paused = true)]
+async fn g3_a_renew_to_a_shorter_ttl_grants_the_waiter_at_the_new_expiry() {
+    let b = std::sync::Arc::new(backend(&["--data-dir", ""], Clock::new()).expect("start"));
+    let a = must_acquire(&b, req("k", "a", Duration::from_secs(20), Duration::ZERO)).await;
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let out = b.acquire(req("k", "b", Duration::from_secs(20), Duration::from_secs(8))).await;
+            (out, Instant::now())
+        })
+    };
+    await_waiters(&b, "k", 1).await;
+    let renewed_at = Instant::now();
+    b.renew("k".into(), a.token, Some(Duration::from_millis(300))).await.expect("renew");
+    let (out, granted_at) = waiter.await.expect("waiter task");
+    assert!(matches!(out, Ok(AcquireOutcome::Acquired(_))), "{out:?}");
+    let after = granted_at - renewed_at;
+    assert!(after >= Duration::from_millis(300) && after <= Duration::from_millis(302), "granted after {after:?}");
+}
+
+/// A waiter's wait ends at its deadline, and a lease at its expiry, each
+/// to the millisecond of virtual time, also past one wheel revolution.
+#[tokio::test(start_paused = true)]
+async fn waits_and_leases_end_on_time_across_wheel_revolutions() {
+    let b = std::sync::Arc::new(backend(&["--data-dir", ""], Clock::new()).expect("start"));
+    let start = Instant::now();
+    must_acquire(&b, req("k", "a", Duration::from_secs(9), Duration::ZERO)).await;
+    let out = b.acquire(req("k", "b", Duration::from_secs(1), Duration::from_millis(4_500))).await;
+    assert!(matches!(out, Ok(AcquireOutcome::NotAcquired(_))), "{out:?}");
+    let waited = Instant::now() - start;
+    assert!(waited >= Duration::from_millis(4_500) && waited <= Duration::from_millis(4_502), "{waited:?}");
+    let out = b.acquire(req("k", "c", Duration::from_secs(1), Duration::from_secs(60))).await;
+    assert!(matches!(out, Ok(AcquireOutcome::Acquired(_))), "{out:?}");
+    let granted = Instant::now() - start;
+    assert!(granted >= Duration::from_secs(9) && granted <= Duration::from_millis(9_002), "{granted:?}");
+}
