@@ -9,6 +9,8 @@
 //! - [`turnstiled_bin`]: where the binary is, building it if missing.
 //! - [`Etcd`] (module `etcd`): a real etcd on free loopback ports with a
 //!   temporary data dir, with stop, kill, pause and restart.
+//! - [`history`]: a recorder of client operations on one monotonic clock and
+//!   a checker of the lock model (no overlap, growing tokens, fenced writes).
 //!
 //! Nothing here sleeps to wait for a state: start-up is awaited by reading the
 //! process's ready line, exit by `wait()`.
@@ -20,6 +22,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 
 mod etcd;
+pub mod history;
 pub use etcd::{etcd_bin, Etcd, ETCD_MISSING};
 
 /// The `turnstiled` binary of this workspace's target dir, built once with
