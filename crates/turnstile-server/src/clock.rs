@@ -71,9 +71,7 @@ impl Clock {
     /// since the Unix epoch.
     pub fn unix_millis(&self, t: Time) -> u64 {
         match self.wall {
-            Wall::Virtual { at_origin_ms } => {
-                at_origin_ms.saturating_add(u64::try_from(t.as_nanos() / 1_000_000).unwrap_or(u64::MAX))
-            }
+            Wall::Virtual { at_origin_ms } => at_origin_ms.saturating_add(t.as_nanos() / 1_000_000),
             Wall::System => {
                 let now = self.now();
                 let wall_now = SystemTime::now();
