@@ -247,6 +247,14 @@ impl<W> LockTable<W> {
         }
     }
 
+    /// The live lease on `key` at `now`, if any: what a renew or a refresh
+    /// would extend. Lets a host check an extension (is it durable?) before
+    /// applying it, so a failure changes nothing.
+    pub fn holder_lease(&self, key: &str, now: Time) -> Option<Lease> {
+        let e = self.store.get(self.store.find(key)?)?;
+        e.holder.as_ref().filter(|h| h.expires_at > now).map(|h| lease_of(&e.key, h))
+    }
+
     /// Up to `limit` keys starting with `prefix` and greater than `after`, in
     /// ascending order, that are held or have waiters at `now`.
     pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize, now: Time) -> Vec<LockInfo> {

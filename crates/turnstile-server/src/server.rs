@@ -156,6 +156,9 @@ async fn ready_handler<B: Backend>(State(s): State<Arc<Http<B>>>) -> (StatusCode
     if !s.serving.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
     }
+    if let Some(why) = s.backend.unready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"));
+    }
     match s.backend.degraded() {
         // Still ready: reads and renews are answered, waiters queue.
         Some(why) => (StatusCode::OK, format!("ready, {why}\n")),

@@ -3,6 +3,11 @@
 //! `snapshot.jsonl` on graceful shutdown. Files are written with fsync and an
 //! atomic rename, and never on the per-grant hot path: a grant only writes
 //! when it crosses the reserved token block or the persisted horizon.
+//!
+//! [`DurableState::open`] is the restart state machine of docs/design.md
+//! ("The restart states"): from what the data dir holds it decides between a
+//! fresh start, a restore from the snapshot (with any recovery hold the
+//! snapshot still owes), crash recovery until the horizon, and refusal.
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
@@ -40,6 +45,16 @@ struct SnapshotHeader {
     generation: u64,
     written_unix_ms: u64,
     leases: usize,
+    /// The process stopped while still recovering from a crash: grant
+    /// nothing before this wall-clock instant. Absent when it was not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hold_grants_until_unix_ms: Option<u64>,
+}
+
+/// A snapshot as read back.
+struct Snapshot {
+    leases: Vec<SnapshotLease>,
+    hold_grants_until_unix_ms: Option<u64>,
 }
 
 /// One lease line of `snapshot.jsonl`.
@@ -74,6 +89,9 @@ pub struct DurableState {
     horizon_unix_ms: AtomicU64,
     /// Serialises writers; the atomics above are the lock-free fast path.
     file: tokio::sync::Mutex<StateFile>,
+    /// Why the last write of the state file failed, until one succeeds
+    /// (`/readyz` reports not ready meanwhile).
+    write_error: std::sync::Mutex<Option<String>>,
 }
 
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> io::Error {
@@ -98,8 +116,11 @@ impl DurableState {
                 }
                 Some(s)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                refuse_leftovers_without_state(dir)?;
+                None
+            }
+            Err(e) => return Err(io::Error::new(e.kind(), format!("reading {}: {e}", state_path.display()))),
         };
         let now = clock.now();
         let now_ms = clock.unix_millis(now);
@@ -110,7 +131,9 @@ impl DurableState {
         };
         let mut first_token = state.token_block_end.max(1);
         let (leases, grants_resume_at) = match snapshot {
-            Some(lines) => {
+            Some(Snapshot { leases: lines, hold_grants_until_unix_ms: hold }) => {
+                // Stopped while recovering: the hold it still owed goes on.
+                let hold = hold.filter(|&ms| ms > now_ms).map(|ms| now + Duration::from_millis(ms - now_ms));
                 let leases: Vec<Lease> = lines
                     .into_iter()
                     .filter(|l| l.expires_unix_ms > now_ms)
@@ -122,7 +145,7 @@ impl DurableState {
                         expires_at: now + Duration::from_millis(l.expires_unix_ms - now_ms),
                     })
                     .collect();
-                (leases, None)
+                (leases, hold)
             }
             // No snapshot written by the last process: it crashed, and leases it
             // granted may live until the horizon.
@@ -155,6 +178,7 @@ impl DurableState {
             token_block_end: AtomicU64::new(next.token_block_end),
             horizon_unix_ms: AtomicU64::new(next.lease_horizon_unix_ms),
             file: tokio::sync::Mutex::new(next),
+            write_error: std::sync::Mutex::new(None),
         });
         Ok((durable, Recovered { first_token, leases, grants_resume_at }))
     }
@@ -188,9 +212,20 @@ impl DurableState {
         }
         let dir = self.dir.clone();
         let bytes = serde_json::to_vec_pretty(&next)?;
-        tokio::task::spawn_blocking(move || write_atomic(&dir, STATE_FILE, &bytes))
+        let written = tokio::task::spawn_blocking(move || write_atomic(&dir, STATE_FILE, &bytes))
             .await
-            .map_err(io::Error::other)??;
+            .map_err(io::Error::other)
+            .and_then(|r| r);
+        if let Err(e) = written {
+            let path = self.dir.join(STATE_FILE);
+            tracing::error!(path = %path.display(), error = %e, "cannot persist the lease horizon or token block: grants and renews that need it are refused");
+            *self.write_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(format!("writing {}: {e}", path.display()));
+            return Err(io::Error::new(e.kind(), format!("writing {}: {e}", path.display())));
+        }
+        if self.write_error.lock().unwrap_or_else(|p| p.into_inner()).take().is_some() {
+            tracing::info!("the state file is writable again");
+        }
         *file = next;
         self.token_block_end.store(next.token_block_end, Ordering::Release);
         self.horizon_unix_ms.store(next.lease_horizon_unix_ms, Ordering::Release);
@@ -202,15 +237,24 @@ impl DurableState {
         Ok(())
     }
 
-    /// Writes the lease table for the next start. Call only after the
-    /// backend stopped granting: the state file must not change after it.
-    pub async fn write_snapshot(&self, leases: Vec<Lease>) -> io::Result<usize> {
+    /// Why the state file cannot be written right now, if the last write failed.
+    pub fn write_error(&self) -> Option<String> {
+        self.write_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Writes the lease table for the next start, and `hold_grants_until`
+    /// when the process stops while still recovering from a crash (the next
+    /// start owes the same hold). Call only after the backend stopped
+    /// granting: the state file must not change after it.
+    pub async fn write_snapshot(&self, leases: Vec<Lease>, hold_grants_until: Option<Time>) -> io::Result<usize> {
         let file = self.file.lock().await;
+        let now = self.clock.now();
         let header = SnapshotHeader {
             version: FORMAT_VERSION,
             generation: file.generation,
-            written_unix_ms: self.clock.unix_millis(self.clock.now()),
+            written_unix_ms: self.clock.unix_millis(now),
             leases: leases.len(),
+            hold_grants_until_unix_ms: hold_grants_until.filter(|&t| t > now).map(|t| self.clock.unix_millis(t)),
         };
         let clock = self.clock;
         let mut buf = BufWriter::new(Vec::with_capacity(64 + leases.len() * 96));
@@ -236,8 +280,35 @@ impl DurableState {
     }
 }
 
+/// The files a data dir holds once a process has run in it; none may be
+/// there without `state.json`.
+const LEFTOVERS: [&str; 3] = [SNAPSHOT_FILE, "snapshot.jsonl.tmp", "state.json.tmp"];
+
+/// With `state.json` missing, the dir must be fresh: a snapshot or a
+/// temporary file, or `state.json` as a dangling symlink, means the state
+/// file was lost, and starting afresh would reuse fencing tokens (G2) and
+/// grant keys whose holders still hold them (G1).
+fn refuse_leftovers_without_state(dir: &Path) -> io::Result<()> {
+    let state_path = dir.join(STATE_FILE);
+    let lost = |what: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("turnstile data dir {} has {what} but no readable {STATE_FILE}: the state file was lost, and starting afresh would reuse fencing tokens and grant held keys; refusing to start (restore {STATE_FILE} from a backup, or empty the dir only if you know no lease of the old process can still be live)", dir.display()),
+        )
+    };
+    if fs::symlink_metadata(&state_path).is_ok() {
+        return Err(lost(format!("{} as a dangling symlink", state_path.display())));
+    }
+    for name in LEFTOVERS {
+        if fs::symlink_metadata(dir.join(name)).is_ok() {
+            return Err(lost(name.to_owned()));
+        }
+    }
+    Ok(())
+}
+
 /// Reads `snapshot.jsonl` if present and written under `generation`.
-fn read_snapshot(path: &Path, generation: u64) -> io::Result<Option<Vec<SnapshotLease>>> {
+fn read_snapshot(path: &Path, generation: u64) -> io::Result<Option<Snapshot>> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -262,7 +333,7 @@ fn read_snapshot(path: &Path, generation: u64) -> io::Result<Option<Vec<Snapshot
     if leases.len() != header.leases {
         return Err(corrupt(path, format!("header says {} leases, found {}", header.leases, leases.len())));
     }
-    Ok(Some(leases))
+    Ok(Some(Snapshot { leases, hold_grants_until_unix_ms: header.hold_grants_until_unix_ms }))
 }
 
 /// Writes `dir/name` atomically: a temporary file, fsync, rename, fsync of the dir.
@@ -331,7 +402,7 @@ mod tests {
             expires_at: clock.now() + Duration::from_secs(30),
         };
         s.ensure(7, lease.expires_at).await.unwrap();
-        s.write_snapshot(vec![lease]).await.unwrap();
+        s.write_snapshot(vec![lease], None).await.unwrap();
         drop(s);
         let (_, r) = DurableState::open(&d, 100, Duration::from_secs(10), Clock::new()).unwrap();
         assert!(r.grants_resume_at.is_none());

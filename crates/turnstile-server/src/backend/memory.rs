@@ -231,6 +231,39 @@ impl Inner {
         }
     }
 
+    /// Whether extending a lease with `token` to `expires` needs nothing
+    /// written first (no data dir, or the persisted state covers it).
+    fn is_durable(&self, token: u64, expires: Time) -> bool {
+        self.durable.as_ref().is_none_or(|d| d.covers(token, expires))
+    }
+
+    /// Extends a lease only once the extension is durable, so that a failed
+    /// state write changes nothing (no half-applied renew, G8). `step` runs
+    /// under the shard lock: it either applies the extension, or, when the
+    /// state file must move first, names the token and expiry to persist; the
+    /// write happens unlocked and the step is tried again. The horizon is
+    /// pushed a whole step beyond, so the second try is covered.
+    async fn extend_durably<T>(
+        &self,
+        idx: usize,
+        mut step: impl FnMut(&mut LockTable<Reply>, Time) -> Result<Extend<T>, BackendError>,
+    ) -> Result<T, BackendError> {
+        for _ in 0..3 {
+            match self.with_table(idx, &mut step)? {
+                Extend::Done(out) => return Ok(out),
+                Extend::Persist { token, expires } => self.make_durable_at(token, expires).await?,
+            }
+        }
+        Err(BackendError::Unavailable { reason: "the lease horizon could not be kept ahead of the clock".into() })
+    }
+
+    async fn make_durable_at(&self, token: u64, expires: Time) -> Result<(), BackendError> {
+        match &self.durable {
+            Some(d) => Ok(d.ensure(token, expires).await?),
+            None => Ok(()),
+        }
+    }
+
     /// Persists what the grant or renew of `lease` needs before the client
     /// learns of it.
     async fn make_durable(&self, lease: &Lease) -> Result<(), BackendError> {
@@ -248,6 +281,14 @@ impl Inner {
         guard.lease = None;
         Ok(AcquireOutcome::Acquired(grant(&lease)))
     }
+}
+
+/// One try of [`Inner::extend_durably`].
+enum Extend<T> {
+    /// Applied (or nothing to extend); the answer.
+    Done(T),
+    /// Not applied: persist this first, then try again.
+    Persist { token: u64, expires: Time },
 }
 
 fn grant(lease: &Lease) -> Grant {
@@ -341,27 +382,34 @@ impl Backend for MemoryBackend {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
         };
-        let outcome = inner.with_table(idx, |t, now| {
-            // Checked again under the shard lock: `close` answers this shard's
-            // waiters under the same lock, so nothing is granted or queued
-            // after it (and so after the shutdown snapshot).
-            if inner.closed.load(Ordering::Acquire) {
-                return Err(BackendError::ShuttingDown);
-            }
-            let wait = payload.take().map(|payload| Wait { until: now + req.wait, payload });
-            t.acquire(&args, wait, now).map_err(BackendError::from)
-        });
+        let outcome = inner
+            .extend_durably(idx, |t, now| {
+                // Checked again under the shard lock: `close` answers this shard's
+                // waiters under the same lock, so nothing is granted or queued
+                // after it (and so after the shutdown snapshot).
+                if inner.closed.load(Ordering::Acquire) {
+                    return Err(BackendError::ShuttingDown);
+                }
+                // The owner's own lease is refreshed (G5) only once its new
+                // expiry is durable: the refresh is never taken back.
+                if let Some(own) = t.holder_lease(&req.key, now).filter(|l| *l.owner == *req.owner) {
+                    if !inner.is_durable(own.token, now + req.ttl) {
+                        return Ok(Extend::Persist { token: own.token, expires: now + req.ttl });
+                    }
+                }
+                let wait = payload.take().map(|payload| Wait { until: now + req.wait, payload });
+                t.acquire(&args, wait, now).map(Extend::Done).map_err(BackendError::from)
+            })
+            .await;
         match outcome? {
             Acquired::Granted(lease) => {
                 inner.metrics.acquired.inc();
                 inner.hand_over(idx, lease).await
             }
             Acquired::Refreshed(lease) => {
-                // The owner held the key before this call and still does: if
-                // persisting fails or the caller goes away, the lease stays
-                // (the owner counts only on what it was told before).
+                // Durable already (checked before it was applied); the owner
+                // held the key before this call and still does.
                 inner.metrics.acquired.inc();
-                inner.make_durable(&lease).await?;
                 Ok(AcquireOutcome::Acquired(grant(&lease)))
             }
             Acquired::Contended(info) => {
@@ -397,17 +445,23 @@ impl Backend for MemoryBackend {
         let inner = &self.inner;
         inner.check_open()?;
         let idx = inner.shard_of(&key);
-        let lease = inner.with_table(idx, |t, now| {
-            // Under the shard lock, as in `acquire`: no lease is extended past
-            // what the shutdown snapshot records.
-            if inner.closed.load(Ordering::Acquire) {
-                return Err(BackendError::ShuttingDown);
-            }
-            t.renew(&key, token, ttl, now).map_err(BackendError::from)
-        })?;
-        // If this fails the client never hears of the extension, so by the
-        // clock rule it does not count on it: failing is safe.
-        inner.make_durable(&lease).await?;
+        let lease = inner
+            .extend_durably(idx, |t, now| {
+                // Under the shard lock, as in `acquire`: no lease is extended past
+                // what the shutdown snapshot records.
+                if inner.closed.load(Ordering::Acquire) {
+                    return Err(BackendError::ShuttingDown);
+                }
+                // Applied only once durable: a failed write changes nothing.
+                if let Some(l) = t.holder_lease(&key, now).filter(|l| l.token == token) {
+                    let expires = now + ttl.unwrap_or(l.ttl);
+                    if !inner.is_durable(token, expires) {
+                        return Ok(Extend::Persist { token, expires });
+                    }
+                }
+                t.renew(&key, token, ttl, now).map(Extend::Done).map_err(BackendError::from)
+            })
+            .await?;
         Ok(grant(&lease))
     }
 
@@ -453,6 +507,11 @@ impl Backend for MemoryBackend {
         })
     }
 
+    fn unready(&self) -> Option<String> {
+        let why = self.inner.durable.as_ref()?.write_error()?;
+        Some(format!("the data dir is not writable ({why}): grants and renews that need a state write are refused"))
+    }
+
     fn close(&self) {
         let inner = &self.inner;
         inner.closed.store(true, Ordering::Release);
@@ -469,7 +528,10 @@ impl Backend for MemoryBackend {
         for idx in 0..inner.shards.len() {
             leases.extend(inner.lock(idx).leases(now));
         }
-        let n = durable.write_snapshot(leases).await?;
+        // Stopped while still recovering from a crash: the next start owes
+        // the rest of the hold (leases the crashed process granted may live).
+        let hold = inner.recovering_until.filter(|t| *t > now);
+        let n = durable.write_snapshot(leases, hold).await?;
         tracing::info!(leases = n, "wrote the shutdown snapshot");
         Ok(())
     }

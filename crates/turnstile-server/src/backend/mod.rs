@@ -114,6 +114,13 @@ pub trait Backend: Send + Sync + 'static {
     /// recovering after a crash), or `None`.
     fn degraded(&self) -> Option<String>;
 
+    /// A line for `/readyz` when the backend cannot serve as it should (e.g.
+    /// its state cannot be written): `/readyz` then answers 503. `None` when
+    /// ready.
+    fn unready(&self) -> Option<String> {
+        None
+    }
+
     /// Stops serving: refuses new calls with UNAVAILABLE and answers every
     /// waiter with UNAVAILABLE. Called first on graceful shutdown.
     fn close(&self);
