@@ -23,7 +23,9 @@ use std::sync::OnceLock;
 
 mod etcd;
 pub mod history;
+mod inprocess;
 pub use etcd::{etcd_bin, Etcd, ETCD_MISSING};
+pub use inprocess::{Bound, InProcess, Ready, Shutdown};
 
 /// The `turnstiled` binary of this workspace's target dir, built once with
 /// cargo if it is not there yet (e.g. `cargo test -p turnstile-client`).
