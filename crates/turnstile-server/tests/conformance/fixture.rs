@@ -1,4 +1,4 @@
-//! [`Fixture`]: how the suite starts `turnstiled` over one backend's state,
+//! [`Fixture`]: how the suite starts a coordinator over one backend's state,
 //! and the helpers the tests share.
 
 use std::future::Future;
@@ -8,38 +8,60 @@ use tonic::transport::Channel;
 use turnstile_proto::v1::{self, lock_service_client::LockServiceClient};
 use turnstile_testkit::{TempDir, Turnstiled};
 
-/// One backend's way of running `turnstiled`.
+pub(crate) use crate::node::Node;
+
+/// One backend's way of running a coordinator.
 pub(crate) trait Fixture: Sync {
-    /// Starts a `turnstiled` over this fixture's state: every call sees the
-    /// same locks (same data dir, same etcd), as a restart or another sidecar would.
-    fn start(&self, extra_args: &[&str]) -> Turnstiled;
+    /// Starts a coordinator with `turnstiled`'s flags `extra_args` over this
+    /// fixture's state: every call sees the same locks (same data dir, same
+    /// etcd), as a restart or another sidecar would.
+    fn start(&self, extra_args: &[&str]) -> Node;
 
     /// A short TTL this backend grants exactly (tests of expiry use it).
     fn short_ttl(&self) -> Duration;
 
-    /// Whether a SIGKILL of `turnstiled` forgets leases and holds grants back
-    /// until they have expired (memory), or leases live outside it (etcd).
+    /// Whether a crash of the coordinator forgets leases and holds grants
+    /// back until they have expired (memory), or leases live outside it (etcd).
     fn crash_holds_grants(&self) -> bool;
+}
+
+/// Where a fixture runs the server.
+#[derive(Debug, Clone, Copy)]
+enum Run {
+    /// In the test process: [`turnstile_server::server::run`] on port-0 listeners.
+    InProcess,
+    /// As a `turnstiled` child process.
+    Process,
 }
 
 /// The memory backend, with a data dir shared by every start.
 pub(crate) struct Memory {
     dir: TempDir,
+    run: Run,
 }
 
 impl Memory {
-    pub(crate) fn new() -> Self {
-        Memory { dir: TempDir::new("conformance") }
+    /// Each start is the server in the test process (fast, debuggable).
+    pub(crate) fn in_process() -> Self {
+        Memory { dir: TempDir::new("conformance"), run: Run::InProcess }
+    }
+
+    /// Each start is a `turnstiled` process (real signals and exit codes).
+    pub(crate) fn process() -> Self {
+        Memory { dir: TempDir::new("conformance"), run: Run::Process }
     }
 }
 
 impl Fixture for Memory {
-    fn start(&self, extra_args: &[&str]) -> Turnstiled {
+    fn start(&self, extra_args: &[&str]) -> Node {
         let dir = self.dir.path().to_str().expect("utf-8 temp path").to_owned();
         // A small horizon step keeps crash-recovery waits short in tests.
         let mut args = vec!["--data-dir".to_owned(), dir, "--horizon-step".into(), "100ms".into()];
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        Turnstiled::start(args)
+        match self.run {
+            Run::InProcess => crate::node::memory_in_process(&args),
+            Run::Process => Node::Process(Turnstiled::start(args)),
+        }
     }
 
     fn short_ttl(&self) -> Duration {
@@ -65,10 +87,10 @@ impl Etcd {
 }
 
 impl Fixture for Etcd {
-    fn start(&self, extra_args: &[&str]) -> Turnstiled {
+    fn start(&self, extra_args: &[&str]) -> Node {
         let mut args = vec!["--backend".to_owned(), "etcd".into(), "--etcd-endpoints".into(), self.etcd.url()];
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        Turnstiled::start(args)
+        Node::Process(Turnstiled::start(args))
     }
 
     fn short_ttl(&self) -> Duration {
@@ -82,7 +104,7 @@ impl Fixture for Etcd {
 }
 
 /// A gRPC client of `node`.
-pub(crate) async fn client(node: &Turnstiled) -> LockServiceClient<Channel> {
+pub(crate) async fn client(node: &Node) -> LockServiceClient<Channel> {
     LockServiceClient::connect(node.url()).await.expect("connect to turnstiled")
 }
 
