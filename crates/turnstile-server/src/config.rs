@@ -90,6 +90,11 @@ pub struct Config {
     #[arg(long, env = "TURNSTILE_MAX_RESULT_BYTES", default_value_t = 1024 * 1024)]
     pub max_result_bytes: usize,
 
+    /// A wait ends this long before the call's own deadline (grpc-timeout), at most
+    /// half the time the call has left, so that a grant still reaches the client in time.
+    #[arg(long, env = "TURNSTILE_DEADLINE_MARGIN", default_value = "50ms", value_parser = parse_duration)]
+    pub deadline_margin: Duration,
+
     /// Lock-table shards of the memory backend (each behind its own mutex, with its own expiry timer).
     #[arg(long, env = "TURNSTILE_SHARDS", default_value_t = 64)]
     pub shards: usize,

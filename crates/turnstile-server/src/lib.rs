@@ -14,9 +14,12 @@
 //!   [`backend::etcd`] state in etcd, for any number of stateless sidecars.
 //! - [`error`]: error types and their one mapping to `tonic::Status`.
 //! - [`server`]: [`server::run`], gRPC + HTTP serving and graceful shutdown.
+//! - [`call`]: around every call, its deadline and the take-back of a grant
+//!   whose reply never reached the wire.
 //! - [`telemetry`]: Prometheus metrics and logging; [`clock`]: the one clock.
 
 pub mod backend;
+pub mod call;
 pub mod clock;
 pub mod config;
 pub mod convert;

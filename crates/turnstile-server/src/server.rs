@@ -79,7 +79,9 @@ pub async fn run<B: Backend>(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let decode_limit = config.max_result_bytes + REQUEST_OVERHEAD;
-    let lock_service = LockServiceServer::new(LockServiceImpl::new(backend.clone(), limits, metrics.clone()))
+    let service =
+        LockServiceImpl::new(backend.clone(), limits, metrics.clone()).with_deadline_margin(config.deadline_margin);
+    let lock_service = LockServiceServer::new(service)
         // Room for the largest result plus the rest of the request.
         .max_decoding_message_size(decode_limit);
 
@@ -87,6 +89,7 @@ pub async fn run<B: Backend>(
     let max_result = config.max_result_bytes;
     let grpc_server = tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(move |res| too_large_is_exhausted(res, max_result)))
+        .layer(crate::call::CallLayer)
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)

@@ -2,11 +2,13 @@
 //! ([`crate::validate`]), call the [`Backend`], and map the result.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 use turnstile_proto::v1::{self, lock_service_server::LockService};
 
 use crate::backend::{AcquireOutcome, Backend};
+use crate::call::{CallDeadline, TakeBack};
 use crate::convert::lock_info;
 use crate::error::BackendError;
 use crate::telemetry::Metrics;
@@ -17,12 +19,50 @@ pub struct LockServiceImpl<B> {
     backend: Arc<B>,
     limits: Limits,
     metrics: Arc<Metrics>,
+    deadline_margin: Duration,
 }
+
+/// Default of [`LockServiceImpl::with_deadline_margin`] (`--deadline-margin`).
+pub const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 
 impl<B: Backend> LockServiceImpl<B> {
     /// A service answering from `backend` with the given validation limits.
     pub fn new(backend: Arc<B>, limits: Limits, metrics: Arc<Metrics>) -> Self {
-        LockServiceImpl { backend, limits, metrics }
+        LockServiceImpl { backend, limits, metrics, deadline_margin: DEFAULT_DEADLINE_MARGIN }
+    }
+
+    /// How long before the call's own deadline (`grpc-timeout`) a wait ends,
+    /// at most; never more than half the time the call has left. A grant
+    /// made in that margin still reaches the client before it gives up.
+    pub fn with_deadline_margin(mut self, margin: Duration) -> Self {
+        self.deadline_margin = margin;
+        self
+    }
+
+    /// The wait an acquire may spend in the queue: its `wait_timeout`, ended
+    /// a margin before the call's deadline so that nothing is granted into
+    /// a call its client has already given up on.
+    fn wait_within(&self, wait: Duration, deadline: Option<CallDeadline>) -> Duration {
+        let Some(CallDeadline(at)) = deadline else { return wait };
+        let left = at.saturating_duration_since(tokio::time::Instant::now());
+        wait.min(left.saturating_sub(self.deadline_margin.min(left / 2)))
+    }
+
+    /// Releases `grant` if its reply never reaches the wire (G6).
+    fn take_back(&self, key: Arc<str>, token: u64) -> TakeBack {
+        let (backend, metrics) = (self.backend.clone(), self.metrics.clone());
+        TakeBack::new(move || {
+            metrics.grants_taken_back.inc();
+            tracing::debug!(%key, token, "the grant's reply never reached the client: released");
+            // Off the transport's task: a release may be a network call (etcd).
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = backend.release(key.to_string(), token, None).await {
+                        tracing::warn!(%key, token, error = %e, "could not take back an undelivered grant; it expires with its TTL");
+                    }
+                });
+            }
+        })
     }
 
     /// Counts refused calls by RPC and code.
@@ -36,20 +76,35 @@ impl<B: Backend> LockServiceImpl<B> {
         }
     }
 
-    async fn acquire_inner(&self, req: v1::AcquireRequest) -> Result<v1::AcquireResponse, Status> {
-        let req = validate::acquire(&req, &self.limits)?;
+    /// The answer, and a take-back when it hands out a new lease.
+    async fn acquire_inner(
+        &self,
+        req: v1::AcquireRequest,
+        deadline: Option<CallDeadline>,
+    ) -> Result<(v1::AcquireResponse, Option<TakeBack>), Status> {
+        let mut req = validate::acquire(&req, &self.limits)?;
+        req.wait = self.wait_within(req.wait, deadline);
         Ok(match self.backend.acquire(req).await? {
             AcquireOutcome::Acquired(grant) => {
-                v1::AcquireResponse { acquired: true, lease: Some((&grant).into()), ..Default::default() }
+                let take_back = self.take_back(grant.key.clone(), grant.token);
+                let res = v1::AcquireResponse { acquired: true, lease: Some((&grant).into()), ..Default::default() };
+                (res, Some(take_back))
+            }
+            // The owner held it before this call: never taken back.
+            AcquireOutcome::Refreshed(grant) => {
+                (v1::AcquireResponse { acquired: true, lease: Some((&grant).into()), ..Default::default() }, None)
             }
             AcquireOutcome::NotAcquired(current) => {
-                v1::AcquireResponse { current: Some(lock_info(&current)), ..Default::default() }
+                (v1::AcquireResponse { current: Some(lock_info(&current)), ..Default::default() }, None)
             }
-            AcquireOutcome::Shared { result, current } => v1::AcquireResponse {
-                current: Some(lock_info(&current)),
-                shared_result: Some(result.to_vec()),
-                ..Default::default()
-            },
+            AcquireOutcome::Shared { result, current } => (
+                v1::AcquireResponse {
+                    current: Some(lock_info(&current)),
+                    shared_result: Some(result.to_vec()),
+                    ..Default::default()
+                },
+                None,
+            ),
         })
     }
 
@@ -91,8 +146,19 @@ impl<B: Backend> LockServiceImpl<B> {
 #[tonic::async_trait]
 impl<B: Backend> LockService for LockServiceImpl<B> {
     async fn acquire(&self, request: Request<v1::AcquireRequest>) -> Result<Response<v1::AcquireResponse>, Status> {
-        let res = self.acquire_inner(request.into_inner()).await;
-        self.observe("Acquire", res)
+        let deadline = request.extensions().get::<CallDeadline>().copied();
+        let res = self.acquire_inner(request.into_inner(), deadline).await;
+        let (res, take_back) = match res {
+            Ok((r, t)) => (Ok(r), t),
+            Err(e) => (Err(e), None),
+        };
+        let mut res = self.observe("Acquire", res)?;
+        if let Some(t) = take_back {
+            // From here on, a reply that does not reach the wire releases the
+            // lease (crate::call); dropped with it before, it does too.
+            res.extensions_mut().insert(t);
+        }
+        Ok(res)
     }
 
     async fn renew(&self, request: Request<v1::RenewRequest>) -> Result<Response<v1::RenewResponse>, Status> {

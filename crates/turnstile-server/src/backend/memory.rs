@@ -410,7 +410,7 @@ impl Backend for MemoryBackend {
                 // Durable already (checked before it was applied); the owner
                 // held the key before this call and still does.
                 inner.metrics.acquired.inc();
-                Ok(AcquireOutcome::Acquired(grant(&lease)))
+                Ok(AcquireOutcome::Refreshed(grant(&lease)))
             }
             Acquired::Contended(info) => {
                 inner.metrics.contended.inc();

@@ -47,8 +47,12 @@ pub struct Grant {
 /// How an acquire ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AcquireOutcome {
-    /// Granted (or the caller's own lease refreshed).
+    /// Granted: a new lease. If its reply never reaches the client, the
+    /// service takes it back (releases it).
     Acquired(Grant),
+    /// The caller already held the key: its own lease, refreshed (G5). Never
+    /// taken back, since the owner counts on the lease it held before.
+    Refreshed(Grant),
     /// Not granted: held by someone else (try-lock), or the wait timed out.
     NotAcquired(LockInfo),
     /// The holder released with a result, handed to this `share_result` waiter.

@@ -1,0 +1,299 @@
+//! What the server does around every call, between the transport and the
+//! handlers ([`CallLayer`]):
+//!
+//! - **The call's deadline.** A client's `grpc-timeout` becomes a
+//!   [`CallDeadline`] in the request's extensions, which the Acquire handler
+//!   uses to end a wait a little before the client gives up, so that nothing
+//!   is granted into a call already abandoned. A call still running at its
+//!   deadline is answered `DEADLINE_EXCEEDED` (what gRPC clients expect;
+//!   tonic's own timeout answers `CANCELLED`), a few milliseconds before
+//!   tonic's timer would, and its handler is dropped, which cancels its wait.
+//! - **A grant that never reached the wire is taken back (G6).** A handler
+//!   that hands out a new lease attaches a [`TakeBack`] to its response. The
+//!   response body is then watched: unless the body was sent to its end
+//!   (trailers included), because the stream was reset, the connection
+//!   went, or the response was dropped, the lease is released at once and
+//!   passes on to the next waiter. A reply that was sent and lost afterwards
+//!   is not seen here: that lease runs out, and the owner's retry gets the
+//!   same lease back (G5).
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body::{Frame, SizeHint};
+use tokio::time::Instant;
+use tonic::body::Body;
+use tonic::codegen::http::{HeaderValue, Request, Response};
+use tonic::codegen::{Bytes, Service};
+use tonic::Status;
+
+/// How much earlier than the client's deadline this layer answers
+/// `DEADLINE_EXCEEDED`, so that it answers rather than tonic's own timer
+/// (tokio's timers have a resolution of one millisecond).
+const AHEAD_OF_TONIC: Duration = Duration::from_millis(5);
+
+/// The instant a call's `grpc-timeout` ends, on tokio's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallDeadline(pub Instant);
+
+/// Parses a `grpc-timeout` header value: up to 8 digits and a unit
+/// (`H`, `M`, `S`, `m`, `u`, `n`), as the gRPC over HTTP/2 spec says.
+pub fn parse_grpc_timeout(value: &HeaderValue) -> Option<Duration> {
+    let s = value.to_str().ok()?;
+    if s.len() < 2 || s.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = s.split_at(s.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Releases a lease whose grant did not reach the wire. Attach it to the
+/// response's extensions; [`CallLayer`] runs it unless the body was sent.
+#[derive(Clone)]
+pub struct TakeBack(Arc<Mutex<Option<Undo>>>);
+
+/// What a [`TakeBack`] runs.
+type Undo = Box<dyn FnOnce() + Send>;
+
+impl TakeBack {
+    /// A take-back that runs `undo` (once) if the response is not delivered.
+    pub fn new(undo: impl FnOnce() + Send + 'static) -> Self {
+        TakeBack(Arc::new(Mutex::new(Some(Box::new(undo)))))
+    }
+
+    fn run(&self) {
+        let undo = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(undo) = undo {
+            undo();
+        }
+    }
+
+    fn disarm(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+impl std::fmt::Debug for TakeBack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TakeBack")
+    }
+}
+
+/// Runs its [`TakeBack`] when dropped, unless disarmed first.
+struct Armed(Option<TakeBack>);
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.run();
+        }
+    }
+}
+
+/// The [`tower::Layer`] of this module: deadlines and take-backs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallLayer;
+
+impl<S> tower::Layer<S> for CallLayer {
+    type Service = CallService<S>;
+
+    fn layer(&self, inner: S) -> CallService<S> {
+        CallService { inner }
+    }
+}
+
+/// The service [`CallLayer`] wraps around the server's routes.
+#[derive(Debug, Clone)]
+pub struct CallService<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for CallService<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let timeout = req.headers().get("grpc-timeout").and_then(parse_grpc_timeout);
+        let deadline = timeout.map(|t| Instant::now() + t);
+        if let Some(d) = deadline {
+            req.extensions_mut().insert(CallDeadline(d));
+        }
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let res = match deadline {
+                None => call.await?,
+                Some(d) => match tokio::time::timeout_at(d.checked_sub(AHEAD_OF_TONIC).unwrap_or(d), call).await {
+                    Ok(res) => res?,
+                    Err(_) => {
+                        let t = timeout.unwrap_or_default();
+                        return Ok(Status::deadline_exceeded(format!(
+                            "deadline exceeded: the call's grpc-timeout of {t:?} ran out before it finished"
+                        ))
+                        .into_http());
+                    }
+                },
+            };
+            Ok(guard_delivery(res))
+        })
+    }
+}
+
+/// Watches the body of a response that carries a [`TakeBack`].
+fn guard_delivery(mut res: Response<Body>) -> Response<Body> {
+    let Some(take_back) = res.extensions_mut().remove::<TakeBack>() else { return res };
+    res.map(|body| Body::new(Delivered { inner: body, armed: Armed(Some(take_back)) }))
+}
+
+/// A response body that disarms its take-back once sent to the end.
+struct Delivered {
+    inner: Body,
+    armed: Armed,
+}
+
+impl http_body::Body for Delivered {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let done = match &polled {
+            // Trailers are the last frame the transport asks for.
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers(),
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Err(_))) | Poll::Pending => false,
+        };
+        if done {
+            if let Some(t) = self.armed.0.take() {
+                t.disarm();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body::Body as _;
+
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_values_parse_as_the_spec_says() {
+        let p = |s: &str| parse_grpc_timeout(&HeaderValue::from_str(s).expect("header"));
+        assert_eq!(p("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(p("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(p("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(p("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(p("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(p("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["", "S", "123456789S", "10x", "-1S", "1.5S", " 1S"] {
+            assert_eq!(p(bad), None, "{bad:?}");
+        }
+    }
+
+    /// A call still running at its grpc-timeout is answered DEADLINE_EXCEEDED
+    /// (tonic's own timer, a little later, would say CANCELLED), and its
+    /// handler is dropped; the handler sees the deadline in its extensions.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_past_its_grpc_timeout_is_answered_deadline_exceeded() {
+        use tower::{Layer, ServiceExt};
+        let seen = Arc::new(Mutex::new(None));
+        let seen2 = seen.clone();
+        let slow = tower::service_fn(move |req: Request<()>| {
+            *seen2.lock().expect("lock") = req.extensions().get::<CallDeadline>().copied();
+            async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
+            }
+        });
+        let start = Instant::now();
+        let req = Request::builder().header("grpc-timeout", "100m").body(()).expect("request");
+        let res = CallLayer.layer(slow).oneshot(req).await.expect("answered");
+        assert_eq!(res.headers().get("grpc-status"), Some(&HeaderValue::from(tonic::Code::DeadlineExceeded as i32)));
+        assert_eq!(*seen.lock().expect("lock"), Some(CallDeadline(start + Duration::from_millis(100))));
+        assert_eq!(Instant::now() - start, Duration::from_millis(95), "answered ahead of tonic's own timer");
+    }
+
+    fn counting() -> (TakeBack, Arc<AtomicUsize>) {
+        let n = Arc::new(AtomicUsize::new(0));
+        let m = n.clone();
+        (
+            TakeBack::new(move || {
+                m.fetch_add(1, Ordering::SeqCst);
+            }),
+            n,
+        )
+    }
+
+    fn with_take_back(body: Body, t: TakeBack) -> Response<Body> {
+        let mut res = Response::new(body);
+        res.extensions_mut().insert(t);
+        guard_delivery(res)
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_takes_the_grant_back() {
+        let (t, n) = counting();
+        let res = with_take_back(Body::new(http_body_util_full(b"grant")), t);
+        drop(res);
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_sent_to_its_end_keeps_the_grant() {
+        let (t, n) = counting();
+        let mut body = with_take_back(Body::new(http_body_util_full(b"grant")), t).into_body();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            frame.expect("frame");
+        }
+        drop(body);
+        assert_eq!(n.load(Ordering::SeqCst), 0);
+    }
+
+    /// A one-frame body without trailers.
+    fn http_body_util_full(bytes: &'static [u8]) -> impl http_body::Body<Data = Bytes, Error = Status> + Send {
+        struct Full(Option<Bytes>);
+        impl http_body::Body for Full {
+            type Data = Bytes;
+            type Error = Status;
+            fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+                Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+            }
+        }
+        Full(Some(Bytes::from_static(bytes)))
+    }
+}

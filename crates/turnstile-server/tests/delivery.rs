@@ -1,0 +1,227 @@
+//! G6 at the wire: a grant whose reply never reaches the client is taken
+//! back, and a wait ends before the call's own deadline. In-process server
+//! on a port-0 listener, real gRPC over loopback, on a multi-threaded
+//! runtime so that the transport and the handlers race as in production.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+use tonic::Code;
+use turnstile_proto::v1::{self, lock_service_client::LockServiceClient};
+use turnstile_server::backend::memory::MemoryBackend;
+use turnstile_server::config::Config;
+use turnstile_server::telemetry::Metrics;
+
+/// The two races below each load both cores on purpose; run one at a time,
+/// so that neither delays the other's calls by more than the margin.
+static ONE_RACE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One deadline race: the key, B's answer (acquired, or the call's code), and whether the key ended free.
+type DeadlineRace = (String, Result<bool, Code>, bool);
+
+/// A server in this process; stops when dropped.
+struct Server {
+    url: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn server() -> Server {
+    let config = Config::parse_from(["turnstiled", "--data-dir", ""]);
+    let metrics = Arc::new(Metrics::new());
+    let backend = Arc::new(MemoryBackend::start(&config, metrics.clone()).expect("memory backend"));
+    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", grpc.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        turnstile_server::server::run(backend, &config, metrics, Box::new(|| None), grpc, http, shutdown)
+            .await
+            .expect("server");
+    });
+    Server { url, _stop: stop }
+}
+
+fn pd(d: Duration) -> prost_types::Duration {
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+fn acquire(key: &str, owner: &str, wait: Duration) -> v1::AcquireRequest {
+    v1::AcquireRequest {
+        key: key.into(),
+        owner: owner.into(),
+        ttl: Some(pd(Duration::from_secs(60))),
+        wait_timeout: Some(pd(wait)),
+        share_result: false,
+    }
+}
+
+async fn grant(c: &mut LockServiceClient<Channel>, key: &str, owner: &str) -> v1::Lease {
+    let r = c.acquire(acquire(key, owner, Duration::ZERO)).await.expect("acquire").into_inner();
+    assert!(r.acquired, "{key} free for {owner}");
+    r.lease.expect("lease")
+}
+
+async fn info(c: &mut LockServiceClient<Channel>, key: &str) -> v1::LockInfo {
+    c.get_lock(v1::GetLockRequest { key: key.into() }).await.expect("get").into_inner()
+}
+
+/// Polls `key` until `check` holds; false if it never does within `within`
+/// (a ghost holds its key for the whole 60 s TTL, far beyond that).
+async fn becomes(
+    c: &mut LockServiceClient<Channel>,
+    key: &str,
+    within: Duration,
+    check: impl Fn(&v1::LockInfo) -> bool,
+) -> bool {
+    let end = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < end {
+        if check(&info(c, key).await) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    false
+}
+
+/// A unary gRPC call's request body: the 5-byte frame header and `msg`.
+fn grpc_body(msg: &impl prost::Message) -> bytes::Bytes {
+    let mut buf = vec![0u8; 5];
+    msg.encode(&mut buf).expect("encode");
+    let len = u32::try_from(buf.len() - 5).expect("small");
+    buf[1..5].copy_from_slice(&len.to_be_bytes());
+    buf.into()
+}
+
+/// Starts a unary call of `method` on a raw HTTP/2 connection.
+fn start_call(
+    h2: &mut h2::client::SendRequest<bytes::Bytes>,
+    addr: &str,
+    method: &str,
+    msg: &impl prost::Message,
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let req = tonic::codegen::http::Request::post(format!("http://{addr}/turnstile.v1.LockService/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (resp, mut send) = h2.send_request(req, false).expect("send request");
+    send.send_data(grpc_body(msg), true).expect("send body");
+    (resp, send)
+}
+
+/// The race of issue 9, defect 2, by reset: B waits for `key`; its client
+/// resets the call (RST_STREAM) and right after, on the same HTTP/2
+/// connection, sends A's release. Frames of one connection are written and
+/// read in order, so the server learns of the reset before the release
+/// that grants B: B's grant can never reach the wire. Whichever of B's
+/// handler and the release runs first, B must not end up holding the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g6_a_grant_racing_the_waiters_reset_never_leaves_a_ghost() {
+    let _one = ONE_RACE_AT_A_TIME.lock().await;
+    let s = server().await;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let c = LockServiceClient::connect(s.url.clone()).await.expect("connect");
+    const RACES: usize = 300;
+    let mut tasks = Vec::new();
+    for i in 0..RACES {
+        let (mut c, addr) = (c.clone(), addr.clone());
+        tasks.push(tokio::spawn(async move {
+            let key = format!("race-{i}");
+            let a = grant(&mut c, &key, "a").await;
+            let tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect raw");
+            let (h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+            tokio::spawn(conn);
+            let mut h2 = h2.ready().await.expect("h2 ready");
+            let (_b_reply, mut b) = start_call(&mut h2, &addr, "Acquire", &acquire(&key, "b", Duration::from_secs(30)));
+            assert!(becomes(&mut c, &key, Duration::from_secs(20), |i| i.waiters == 1).await, "B never queued");
+            b.send_reset(h2::Reason::CANCEL);
+            let mut h2 = h2.ready().await.expect("h2 ready");
+            let release = v1::ReleaseRequest { key: key.clone(), fencing_token: a.fencing_token, result: None };
+            let (reply, _send) = start_call(&mut h2, &addr, "Release", &release);
+            let reply = reply.await.expect("release reply");
+            assert_eq!(reply.status(), 200);
+            let free = becomes(&mut c, &key, Duration::from_secs(5), |i| !i.held && i.waiters == 0).await;
+            (key, free)
+        }));
+    }
+    let mut ghosts = Vec::new();
+    for t in tasks {
+        let (key, free) = t.await.expect("race task");
+        if !free {
+            ghosts.push(key);
+        }
+    }
+    assert!(
+        ghosts.is_empty(),
+        "G6: {} of {RACES} cancelled waiters ended up holding their key: {ghosts:?}",
+        ghosts.len()
+    );
+}
+
+/// The race of issue 9, defect 2, by deadline: B waits with a 200 ms call
+/// deadline and a 30 s wait_timeout; A releases around B's deadline (0–2 ms
+/// after it, as the test's clock sees it). B either got the grant in time
+/// (its client saw `acquired`) or it must not hold the key: its wait ends
+/// a margin before its deadline, and a grant it never heard of is taken back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g6_a_wait_ends_before_the_calls_deadline_so_a_late_release_leaves_no_ghost() {
+    let _one = ONE_RACE_AT_A_TIME.lock().await;
+    let s = server().await;
+    let c = LockServiceClient::connect(s.url.clone()).await.expect("connect");
+    const RACES: usize = 90;
+    let deadline = Duration::from_millis(200);
+    let mut tasks: Vec<tokio::task::JoinHandle<DeadlineRace>> = Vec::new();
+    for i in 0..RACES {
+        if i % 30 == 0 {
+            // In waves of 30, so that calls are not held up by their own number.
+            for t in tasks.drain(..) {
+                check_deadline_race(t.await.expect("race task"));
+            }
+        }
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("deadline-{i}");
+            let a = grant(&mut c, &key, "a").await;
+            let mut b = c.clone();
+            let sent = tokio::time::Instant::now();
+            let call = tokio::spawn(async move {
+                let mut req = tonic::Request::new(acquire(&key, "b", Duration::from_secs(30)));
+                req.set_timeout(deadline);
+                b.acquire(req).await
+            });
+            // Release 0, 1 or 2 ms after B's own deadline.
+            tokio::time::sleep_until(sent + deadline + Duration::from_millis((i % 3) as u64)).await;
+            let key = format!("deadline-{i}");
+            c.release(v1::ReleaseRequest { key: key.clone(), fencing_token: a.fencing_token, result: None })
+                .await
+                .expect("release");
+            let answer = call.await.expect("call task").map(|r| r.into_inner());
+            if let Ok(v1::AcquireResponse { acquired: true, lease: Some(l), .. }) = &answer {
+                // Granted in time, and B's client knows: not a ghost.
+                c.release(v1::ReleaseRequest { key: key.clone(), fencing_token: l.fencing_token, result: None })
+                    .await
+                    .expect("release B");
+            }
+            let free = becomes(&mut c, &key, Duration::from_secs(5), |i| !i.held).await;
+            (key, answer.map(|r| r.acquired).map_err(|e| e.code()), free)
+        }));
+    }
+    for t in tasks {
+        check_deadline_race(t.await.expect("race task"));
+    }
+}
+
+/// One deadline race's verdict: B heard of its grant, or nobody holds the key.
+fn check_deadline_race((key, answer, free): DeadlineRace) {
+    match answer {
+        Ok(_) | Err(Code::DeadlineExceeded | Code::Cancelled) => {}
+        Err(other) => panic!("{key}: B's call failed with {other:?}"),
+    }
+    assert!(free, "G6: {key} is held by a waiter that gave up at its deadline (answer {answer:?})");
+}
