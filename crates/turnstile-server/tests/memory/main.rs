@@ -30,7 +30,7 @@ pub(crate) fn req(key: &str, owner: &str, ttl: Duration, wait: Duration) -> Acqu
 /// Acquires and expects a grant.
 pub(crate) async fn must_acquire(b: &MemoryBackend, r: AcquireRequest) -> Grant {
     match b.acquire(r.clone()).await {
-        Ok(AcquireOutcome::Acquired(g)) => g,
+        Ok(AcquireOutcome::Acquired(g) | AcquireOutcome::Refreshed(g)) => g,
         other => panic!("expected a grant of {r:?}, got {other:?}"),
     }
 }
