@@ -18,13 +18,12 @@
 //! Local time alone never grants: it cannot see a revoked lease.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use etcd_client::{
     Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
     WatchFilterType, WatchResponse, WatchStream,
 };
-use turnstile_core::CoreError;
+use turnstile_core::{CoreError, Time};
 
 use super::holders::Held;
 use super::layout::EntryValue;
@@ -56,9 +55,9 @@ async fn attempt(
     pooled: bool,
 ) -> Result<Option<AcquireOutcome>, BackendError> {
     // The TTL counts from here: no later than the client sent the request.
-    let started = Instant::now();
+    let started = inner.clock.now();
     let ttl = inner.ttl_secs(req.ttl);
-    let reused = if pooled { inner.pool.take(ttl, inner.timeout * 2) } else { None };
+    let reused = if pooled { inner.pool.take(ttl, inner.timeout * 2, started) } else { None };
     let lease = match reused {
         Some(lease) => lease,
         None => ActiveLease::new(inner.grant_lease(ttl).await?, started),
@@ -184,7 +183,7 @@ fn granted(
     create_rev: i64,
     mod_rev: i64,
     lease: ActiveLease,
-    from: Instant,
+    from: Time,
 ) -> AcquireOutcome {
     let token = rev_token(create_rev);
     let owner: Arc<str> = req.owner.as_str().into();
@@ -259,16 +258,16 @@ struct Waiter<'a> {
     /// The entry's create revision: its place in the queue and its token.
     rev: i64,
     share: bool,
-    deadline: Instant,
+    deadline: Time,
     /// When the acquire started: the lease's TTL began after it.
-    started: Instant,
+    started: Time,
 }
 
 /// How a wait ended.
 enum Turn {
     /// Nobody is ahead and the waiter's lease was alive, its TTL restarted
     /// after `at`; its entry has mod revision `mod_rev`.
-    Granted { at: Instant, mod_rev: i64 },
+    Granted { at: Time, mod_rev: i64 },
     /// A holder released with a result this sharing waiter accepts.
     Shared(Vec<u8>),
     /// The wait timeout passed.
@@ -306,13 +305,14 @@ async fn wait_turn(
     lease: &mut ActiveLease,
     mut known: Option<Ahead>,
 ) -> Result<Turn, BackendError> {
-    let deadline = tokio::time::Instant::from_std(w.deadline);
+    let clock = inner.clock;
+    let deadline = clock.instant(w.deadline);
     let mut closed = inner.closed.subscribe();
     if *closed.borrow_and_update() {
         return Err(BackendError::ShuttingDown);
     }
     let keep_alive_every = secs(lease.ttl) / 3;
-    let mut next_keep_alive = tokio::time::Instant::now() + keep_alive_every;
+    let mut next_keep_alive = clock.now() + keep_alive_every;
     let results = inner.layout.results(w.key);
     let mut results_watch = match w.share {
         true => Some(inner.watch(&results, true, w.rev + 1, WatchFilterType::NoDelete).await?),
@@ -320,7 +320,7 @@ async fn wait_turn(
     };
     let mut first_look = true;
     loop {
-        let at = if first_look { w.started } else { Instant::now() };
+        let at = if first_look { w.started } else { clock.now() };
         first_look = false;
         let (ahead, alive) = if let Some(ahead) = known.take() {
             (ahead, true)
@@ -328,7 +328,7 @@ async fn wait_turn(
             (predecessor(inner, w, &results).await?, true)
         } else {
             let (ahead, alive) = tokio::join!(predecessor(inner, w, &results), lease.keep_alive(inner));
-            next_keep_alive = tokio::time::Instant::now() + keep_alive_every;
+            next_keep_alive = clock.now() + keep_alive_every;
             (ahead?, alive?)
         };
         let (ahead, read_at, head) = match ahead {
@@ -347,7 +347,7 @@ async fn wait_turn(
                     let resp = watch_message(inner, msg)?;
                     let gone = resp.events().iter().any(|e| e.event_type() == EventType::Delete);
                     if gone && head && !w.share {
-                        let at = Instant::now();
+                        let at = clock.now();
                         let confirmed = if lease.covers(at) {
                             confirm_entry(inner, w, lease.id).await?
                         } else {
@@ -376,11 +376,11 @@ async fn wait_turn(
                         results_watch = None;
                     }
                 }
-                () = tokio::time::sleep_until(next_keep_alive) => {
+                () = tokio::time::sleep_until(clock.instant(next_keep_alive)) => {
                     if !lease.keep_alive(inner).await? {
                         return Err(lease_lost(w, lease));
                     }
-                    next_keep_alive = tokio::time::Instant::now() + keep_alive_every;
+                    next_keep_alive = clock.now() + keep_alive_every;
                 }
                 () = tokio::time::sleep_until(deadline) => return Ok(Turn::TimedOut),
                 _ = closed.changed() => return Err(BackendError::ShuttingDown),

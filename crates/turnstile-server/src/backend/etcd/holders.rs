@@ -9,15 +9,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, WatchFilterType};
-use turnstile_core::CoreError;
+use turnstile_core::{CoreError, Time};
 
 use super::layout::EntryValue;
 use super::leases::ActiveLease;
 use super::{entry_is, first_op, head_of, secs, token_rev, EtcdLease, Inner};
 use crate::backend::Grant;
+use crate::clock::Clock;
 use crate::error::BackendError;
 
 /// Results up to this size are released in a shared (batched) request;
@@ -38,8 +39,8 @@ pub(super) struct Held {
     /// The entry's mod revision as this sidecar last wrote it.
     pub(super) mod_rev: i64,
     /// When the lease runs out, as the client counts it (from before the
-    /// etcd call that granted or renewed it).
-    pub(super) deadline: Instant,
+    /// etcd call that granted or renewed it), on the backend's clock.
+    pub(super) deadline: Time,
 }
 
 struct Slot {
@@ -52,13 +53,19 @@ struct Slot {
 /// Leases granted or renewed through this sidecar, each with a timer that
 /// deletes the holder's entry when it runs out, unless someone else has
 /// rewritten the entry since (a renew through another sidecar).
-#[derive(Default)]
 pub(super) struct LocalLeases {
+    /// The backend's clock: deadlines are on it, and timers sleep by it.
+    clock: Clock,
     /// Held for a map operation only, never across an `.await`.
     slots: Mutex<HashMap<(String, u64), Slot>>,
 }
 
 impl LocalLeases {
+    /// No leases yet; deadlines on `clock`.
+    pub(super) fn new(clock: Clock) -> Self {
+        LocalLeases { clock, slots: Mutex::default() }
+    }
+
     fn slots(&self) -> MutexGuard<'_, HashMap<(String, u64), Slot>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -68,9 +75,9 @@ impl LocalLeases {
     /// recorded before is kept, if it is the same).
     pub(super) fn record(&self, inner: &Arc<Inner>, key: &str, token: u64, held: Held, lease: Option<ActiveLease>) {
         let weak = Arc::downgrade(inner);
-        let (k, deadline, mod_rev) = (key.to_owned(), held.deadline, held.mod_rev);
+        let (k, deadline, mod_rev) = (key.to_owned(), self.clock.instant(held.deadline), held.mod_rev);
         let timer = tokio::spawn(async move {
-            tokio::time::sleep_until(deadline.into()).await;
+            tokio::time::sleep_until(deadline).await;
             if let Some(inner) = weak.upgrade() {
                 expire(&inner, &k, token, mod_rev).await;
             }
@@ -114,8 +121,7 @@ impl LocalLeases {
     pub(super) fn expires_in(&self, key: &str, token: u64, lease: i64, mod_rev: i64) -> Option<Duration> {
         let slots = self.slots();
         let held = &slots.get(&(key.to_owned(), token))?.held;
-        (held.lease == lease && held.mod_rev == mod_rev)
-            .then(|| held.deadline.saturating_duration_since(Instant::now()))
+        (held.lease == lease && held.mod_rev == mod_rev).then(|| held.deadline.saturating_since(self.clock.now()))
     }
 }
 
@@ -156,7 +162,7 @@ async fn find_holder(inner: &Inner, key: &str, token: u64) -> Result<Option<Held
             ttl: value.as_ref().map_or(inner.min_ttl_secs, |v| v.ttl),
             owner: value.map(|v| v.owner).unwrap_or_default().into(),
             mod_rev: kv.mod_revision(),
-            deadline: Instant::now(),
+            deadline: inner.clock.now(),
         }
     }))
 }
@@ -180,7 +186,7 @@ pub(super) async fn renew(
 ) -> Result<Grant, BackendError> {
     inner.check_open()?;
     // The renewed TTL counts from here: no later than the client sent it.
-    let at = Instant::now();
+    let at = inner.clock.now();
     for fresh in [false, true] {
         let Some(held) = holder(inner, &key, token, fresh).await? else { continue };
         let want = ttl.map_or(held.ttl, |t| inner.ttl_secs(t));
@@ -212,7 +218,7 @@ async fn renew_held(
         )]);
         let resp = inner.write(key, "renew", txn).await?;
         let lease = EtcdLease { id: held.lease, ttl: held.ttl };
-        if !resp.succeeded || !ActiveLease::new(lease, Instant::now()).keep_alive(inner).await? {
+        if !resp.succeeded || !ActiveLease::new(lease, inner.clock.now()).keep_alive(inner).await? {
             return Ok(None);
         }
         return Ok(Some((EtcdLease { id: held.lease, ttl: held.ttl }, resp.revision)));

@@ -13,9 +13,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
+use turnstile_core::Time;
 
 use super::{secs, CallError, EtcdLease, Inner, HEADROOM_SECS};
 use crate::error::BackendError;
@@ -30,37 +31,38 @@ pub(super) struct ActiveLease {
     pub(super) id: i64,
     /// The turnstile TTL it carries, in seconds (etcd's is [`HEADROOM_SECS`] more).
     pub(super) ttl: i64,
-    /// A moment no later than the grant or keep-alive that last restarted its TTL.
-    refreshed: Instant,
+    /// A moment no later than the grant or keep-alive that last restarted its
+    /// TTL, on the backend's clock.
+    refreshed: Time,
     keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
 }
 
 impl ActiveLease {
     /// A lease whose TTL was (re)started no earlier than `refreshed`.
-    pub(super) fn new(lease: EtcdLease, refreshed: Instant) -> Self {
+    pub(super) fn new(lease: EtcdLease, refreshed: Time) -> Self {
         ActiveLease { id: lease.id, ttl: lease.ttl, refreshed, keeper: None }
     }
 
     /// A stand-in left behind when a lease is moved out of its owner.
     pub(super) fn none() -> Self {
-        ActiveLease::new(EtcdLease { id: 0, ttl: 0 }, Instant::now())
+        ActiveLease::new(EtcdLease { id: 0, ttl: 0 }, Time::ZERO)
     }
 
     /// Whether etcd keeps the lease for a full TTL counted from `from`
     /// without a keep-alive: its TTL restarted at most the headroom before.
-    pub(super) fn covers(&self, from: Instant) -> bool {
-        from.saturating_duration_since(self.refreshed) <= secs(HEADROOM_SECS)
+    pub(super) fn covers(&self, from: Time) -> bool {
+        from.saturating_since(self.refreshed) <= secs(HEADROOM_SECS)
     }
 
     /// A time before which etcd cannot have expired the lease.
-    pub(super) fn alive_until(&self) -> Instant {
+    pub(super) fn alive_until(&self) -> Time {
         self.refreshed + secs(self.ttl + HEADROOM_SECS)
     }
 
     /// Restarts the lease's TTL now; false when the lease has ended (etcd never
     /// renews an ended lease). Uses the lease's own stream, opened on first use.
     pub(super) async fn keep_alive(&mut self, inner: &Inner) -> Result<bool, BackendError> {
-        let sent = Instant::now();
+        let sent = inner.clock.now();
         let alive = self.send_keep_alive(inner).await?;
         if alive {
             self.refreshed = sent;
@@ -109,11 +111,11 @@ pub(super) struct LeasePool {
 
 impl LeasePool {
     /// A pooled lease of `ttl` seconds that etcd keeps for at least `margin`
-    /// more; ones closer to their end are dropped (etcd reaps them).
-    pub(super) fn take(&self, ttl: i64, margin: Duration) -> Option<ActiveLease> {
+    /// beyond `now`; ones closer to their end are dropped (etcd reaps them).
+    pub(super) fn take(&self, ttl: i64, margin: Duration, now: Time) -> Option<ActiveLease> {
         let mut pool = self.by_ttl.lock().unwrap_or_else(|p| p.into_inner());
         let leases = pool.get_mut(&ttl)?;
-        let fresh_from = Instant::now() + margin;
+        let fresh_from = now + margin;
         // The oldest ones that ran out go (closing their keep-alive streams).
         while leases.front().is_some_and(|l| l.alive_until() <= fresh_from) {
             leases.pop_front();
@@ -130,13 +132,20 @@ impl LeasePool {
     /// Keeps `lease` (which must carry no key) for reuse, or revokes it when
     /// the pool is full.
     pub(super) fn put(&self, inner: &Arc<Inner>, lease: ActiveLease) {
+        if let Some(extra) = self.push(lease) {
+            inner.revoke_later(extra.id);
+        }
+    }
+
+    /// Keeps `lease` for reuse; the pool's answer when it is full is `lease` back.
+    fn push(&self, lease: ActiveLease) -> Option<ActiveLease> {
         let mut pool = self.by_ttl.lock().unwrap_or_else(|p| p.into_inner());
         let leases = pool.entry(lease.ttl).or_default();
         if leases.len() < POOL_PER_TTL {
             leases.push_back(lease);
+            None
         } else {
-            drop(pool);
-            inner.revoke_later(lease.id);
+            Some(lease)
         }
     }
 

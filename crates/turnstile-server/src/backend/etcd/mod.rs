@@ -10,7 +10,9 @@
 //!
 //! # Layout
 //! - this file: [`EtcdBackend`], the connection, and the one place etcd
-//!   calls get their timeout and their mapping to [`BackendError`].
+//!   calls get their timeout and their mapping to [`BackendError`]. Every
+//!   time the backend reads or sleeps until comes from one [`Clock`], given
+//!   at construction ([`EtcdBackend::connect_with_clock`]).
 //! - `layout`: the etcd key layout and the value of a queue entry.
 //! - `acquire`: Acquire: enqueue, G5 refresh, the wait behind the entry ahead,
 //!   the grant-time lease check (etcd issue 11456), cancellation (G6).
@@ -47,6 +49,7 @@ use etcd_client::{
 use tokio::sync::Notify;
 
 use super::{AcquireOutcome, AcquireRequest, Backend, Grant, LockInfo, TtlBounds};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::BackendError;
 use crate::telemetry::Metrics;
@@ -92,6 +95,9 @@ struct Inner {
     /// release before its lease is revoked.
     result_retention: Duration,
     metrics: Arc<Metrics>,
+    /// The one clock every time-dependent step reads: lease deadlines, wait
+    /// deadlines, keep-alive intervals, lease freshness in the pool.
+    clock: Clock,
     /// True once [`Backend::close`] ran; waiters watch it.
     closed: tokio::sync::watch::Sender<bool>,
     local: LocalLeases,
@@ -127,6 +133,16 @@ impl EtcdBackend {
     /// lease TTL. An unreachable etcd is not an error here: calls answer
     /// UNAVAILABLE until it is reachable, and the connection recovers by itself.
     pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Self, BackendError> {
+        Self::connect_with_clock(config, metrics, Clock::new()).await
+    }
+
+    /// [`EtcdBackend::connect`] on a given clock (tests drive it with tokio's
+    /// paused time).
+    pub async fn connect_with_clock(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> Result<Self, BackendError> {
         let endpoints: Vec<&str> = config.etcd_endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()).collect();
         let options = ConnectOptions::new()
             .with_connect_timeout(config.etcd_timeout)
@@ -156,8 +172,9 @@ impl EtcdBackend {
             max_waiters: config.max_waiters_per_key,
             result_retention: config.etcd_timeout * 4,
             metrics,
+            clock,
             closed: tokio::sync::watch::channel(false).0,
-            local: LocalLeases::default(),
+            local: LocalLeases::new(clock),
             pool: LeasePool::default(),
             tasks: Tasks::default(),
             trouble: Mutex::new(None),
