@@ -62,9 +62,22 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     /// A new empty directory under the system temp dir, named after `label`.
     pub fn new(label: &str) -> TempDir {
+        TempDir::under(&std::env::temp_dir(), label)
+    }
+
+    /// A new empty directory in memory (`/dev/shm`) where the system has
+    /// one, else as [`TempDir::new`]: for tests that write and fsync state
+    /// thousands of times, where a disk's fsync would dominate.
+    pub fn in_memory(label: &str) -> TempDir {
+        let shm = Path::new("/dev/shm");
+        TempDir::under(if shm.is_dir() { shm } else { Path::new("") }, label)
+    }
+
+    fn under(base: &Path, label: &str) -> TempDir {
         use std::hash::{BuildHasher, RandomState};
+        let base = if base.as_os_str().is_empty() { std::env::temp_dir() } else { base.to_owned() };
         let nonce = RandomState::new().hash_one(std::time::SystemTime::now());
-        let p = std::env::temp_dir().join(format!("turnstile-{label}-{}-{nonce:x}", std::process::id()));
+        let p = base.join(format!("turnstile-{label}-{}-{nonce:x}", std::process::id()));
         std::fs::create_dir_all(&p).expect("create temp dir");
         TempDir(p)
     }

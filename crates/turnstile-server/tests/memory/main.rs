@@ -3,6 +3,7 @@
 //! deterministically and fast. Every instant asserted here is virtual time,
 //! so a busy machine cannot make a test late.
 
+mod model;
 mod restart;
 mod timers;
 

@@ -30,14 +30,17 @@ pub(crate) struct World {
 
 impl World {
     pub(crate) fn new() -> World {
-        World { dir: TempDir::new("restart"), t0: Instant::now() }
+        World { dir: TempDir::in_memory("restart"), t0: Instant::now() }
     }
 
     /// Starts a process on the data dir, with the wall clock where it is now.
     pub(crate) fn try_start(&self) -> std::io::Result<MemoryBackend> {
         let wall = WALL_AT_START_MS + (Instant::now() - self.t0).as_millis() as u64;
         let dir = self.dir.path().to_str().expect("utf-8").to_owned();
-        backend(&["--data-dir", &dir, "--horizon-step", STEP, "--token-block", "10"], Clock::with_virtual_wall(wall))
+        backend(
+            &["--data-dir", &dir, "--horizon-step", STEP, "--token-block", "10", "--shards", "4"],
+            Clock::with_virtual_wall(wall),
+        )
     }
 
     pub(crate) fn start(&self) -> MemoryBackend {
