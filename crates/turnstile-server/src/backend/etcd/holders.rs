@@ -332,3 +332,88 @@ async fn sharers_gone(inner: &Inner, key: &str, at: i64) -> Result<(), BackendEr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The local expiry of a lease this sidecar granted, on the backend's
+    //! clock under tokio's paused time. The backend points at a port that
+    //! refuses connections: nothing here needs etcd to answer.
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::backend::etcd::EtcdBackend;
+    use crate::config::Config;
+    use crate::telemetry::Metrics;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_local_lease_counts_down_on_the_clock_and_ends_at_its_deadline_not_before() {
+        let refused = turnstile_testkit::RefusedPort::new();
+        let url = refused.url();
+        let args = ["turnstiled", "--backend", "etcd", "--etcd-endpoints", &url, "--etcd-timeout", "100ms"];
+        let config = Config::parse_from(args);
+        let backend = EtcdBackend::connect_with_clock(&config, Arc::new(Metrics::new()), Clock::new())
+            .await
+            .expect("connecting is lazy");
+        let inner = &backend.inner;
+        let clock = inner.clock;
+        let (key, token, lease, mod_rev) = ("k", 3, 7, 3);
+        let held = Held {
+            entry: b"turnstile/q/k/7".to_vec(),
+            lease,
+            ttl: 5,
+            owner: "o".into(),
+            mod_rev,
+            deadline: clock.now() + secs(5),
+        };
+        inner.local.record(inner, key, token, held, None);
+
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(inner.local.expires_in(key, token, lease, mod_rev), Some(Duration::from_secs(3)));
+        assert_eq!(inner.local.expires_in(key, token, lease + 1, mod_rev), None, "another lease: not vouched for");
+        assert_eq!(inner.local.expires_in(key, token, lease, mod_rev + 1), None, "rewritten elsewhere");
+
+        tokio::time::advance(Duration::from_millis(2999)).await;
+        assert_eq!(inner.local.expires_in(key, token, lease, mod_rev), Some(Duration::from_millis(1)));
+        assert!(inner.local.lookup(key, token).is_some(), "not ended before its deadline");
+
+        tokio::time::advance(Duration::from_millis(1)).await;
+        // The timer fired at the deadline: it asks etcd to delete the entry
+        // (refused here, within the etcd timeout) and forgets the lease.
+        let ended = async {
+            while inner.local.lookup(key, token).is_some() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(config.etcd_timeout * 2, ended).await.expect("the lease ends at its deadline");
+        assert_eq!(inner.local.expires_in(key, token, lease, mod_rev), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewed_record_replaces_the_earlier_deadline() {
+        let refused = turnstile_testkit::RefusedPort::new();
+        let url = refused.url();
+        let config = Config::parse_from(["turnstiled", "--backend", "etcd", "--etcd-endpoints", &url]);
+        let backend = EtcdBackend::connect_with_clock(&config, Arc::new(Metrics::new()), Clock::new())
+            .await
+            .expect("connecting is lazy");
+        let inner = &backend.inner;
+        let clock = inner.clock;
+        let held = |mod_rev, ttl| Held {
+            entry: b"turnstile/q/k/7".to_vec(),
+            lease: 7,
+            ttl,
+            owner: "o".into(),
+            mod_rev,
+            deadline: clock.now() + secs(ttl),
+        };
+        inner.local.record(inner, "k", 3, held(3, 2), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Renewed here for 10 s: the entry was rewritten at mod revision 4.
+        inner.local.record(inner, "k", 3, held(4, 10), None);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(inner.local.lookup("k", 3).is_some(), "the first deadline's timer was disarmed");
+        assert_eq!(inner.local.expires_in("k", 3, 7, 4), Some(Duration::from_secs(5)));
+        assert_eq!(inner.local.expires_in("k", 3, 7, 3), None, "the first record is gone");
+    }
+}

@@ -155,3 +155,63 @@ impl LeasePool {
         pool.drain().flat_map(|(_, leases)| leases.into_iter().map(|l| l.id)).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Lease freshness on the backend's clock, driven by tokio's paused time:
+    //! no etcd needed, since nothing here calls it.
+
+    use super::*;
+    use crate::clock::Clock;
+
+    fn lease(id: i64, ttl: i64, refreshed: Time) -> ActiveLease {
+        ActiveLease::new(EtcdLease { id, ttl }, refreshed)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_covers_a_full_ttl_without_keep_alive_only_within_the_headroom_after_its_refresh() {
+        let clock = Clock::new();
+        let l = lease(1, 5, clock.now());
+        assert_eq!(l.alive_until(), clock.now() + secs(5 + HEADROOM_SECS), "etcd keeps it ttl plus headroom");
+        tokio::time::advance(secs(HEADROOM_SECS)).await;
+        assert!(l.covers(clock.now()), "restarted exactly the headroom ago: etcd keeps it a full ttl from now");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!l.covers(clock.now()), "restarted longer ago: an acquire must restart it first");
+        // A moment before the refresh (a call that began earlier) is covered too.
+        assert!(l.covers(Time::ZERO));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pool_hands_out_the_latest_lease_that_etcd_keeps_past_the_margin_and_drops_the_rest() {
+        let clock = Clock::new();
+        let pool = LeasePool::default();
+        let margin = Duration::from_millis(500);
+        // TTL 2 s: etcd keeps each lease 3 s after its refresh.
+        assert!(pool.push(lease(1, 2, clock.now())).is_none()); // alive until 3 s
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(pool.push(lease(2, 2, clock.now())).is_none()); // alive until 4 s
+        assert!(pool.push(lease(3, 5, clock.now())).is_none()); // another TTL
+        tokio::time::advance(Duration::from_millis(1400)).await; // 2.4 s: both outlive the margin
+        let second = pool.take(2, margin, clock.now()).expect("a lease of 2 s");
+        let first = pool.take(2, margin, clock.now()).expect("another lease of 2 s");
+        assert_eq!((second.id, first.id), (2, 1), "the most recently pooled first");
+        assert!(pool.push(first).is_none() && pool.push(second).is_none());
+        tokio::time::advance(Duration::from_millis(100)).await; // 2.5 s: lease 1 ends exactly at the margin
+        assert_eq!(pool.take(2, margin, clock.now()).map(|l| l.id), Some(2));
+        assert_eq!(pool.take(2, margin, clock.now()).map(|l| l.id), None, "lease 1 was dropped, not handed out");
+        assert_eq!(pool.take(7, margin, clock.now()).map(|l| l.id), None, "no lease of that TTL");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(pool.take(5, margin, clock.now()).map(|l| l.id), None, "run out in the pool");
+        assert!(pool.drain().is_empty());
+    }
+
+    #[test]
+    fn a_full_pool_hands_the_lease_back_for_revoking() {
+        let pool = LeasePool::default();
+        for id in 0..POOL_PER_TTL {
+            assert!(pool.push(lease(id as i64, 2, Time::ZERO)).is_none());
+        }
+        assert_eq!(pool.push(lease(-1, 2, Time::ZERO)).map(|l| l.id), Some(-1));
+        assert!(pool.push(lease(-2, 3, Time::ZERO)).is_none(), "per TTL");
+    }
+}
