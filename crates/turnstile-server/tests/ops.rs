@@ -137,6 +137,48 @@ async fn readyz_says_when_grants_wait_for_crash_recovery() {
     assert!(body.contains("recovering") && body.contains(" s"), "{body}");
 }
 
+/// Issue 9, defect 3, as an operator meets it: A holds `k` for 60 s,
+/// turnstiled is SIGKILLed and restarted, then stopped with SIGTERM while it
+/// still recovers (a rolling deploy right after a crash). The next start
+/// must still refuse to grant `k`.
+#[tokio::test]
+async fn a_sigterm_during_crash_recovery_leaves_the_hold_to_the_next_start() {
+    let dir = TempDir::new("ops-stop-recovering");
+    let path = dir.path().to_str().unwrap().to_owned();
+    let node = Turnstiled::start(["--data-dir", &path]);
+    let mut c = LockServiceClient::connect(node.url()).await.unwrap();
+    let mut a = acquire("k", "a", 0);
+    a.ttl = Some(prost_types::Duration { seconds: 60, nanos: 0 });
+    assert!(c.acquire(a).await.unwrap().into_inner().acquired);
+    node.kill();
+    let node = Turnstiled::start(["--data-dir", &path]);
+    let (status, log) = node.terminate();
+    assert!(status.success(), "{status} {log}");
+    let node = Turnstiled::start(["--data-dir", &path]);
+    let mut c = LockServiceClient::connect(node.url()).await.unwrap();
+    let err = c.acquire(acquire("k", "b", 0)).await.expect_err("G1: A's lease may still be live");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("recovering"), "{err:?}");
+}
+
+/// Issue 9, defect 4, as an operator meets it: after a graceful stop with a
+/// lease held, `state.json` is lost. turnstiled refuses to start, naming the
+/// file, and leaves the snapshot where it was.
+#[tokio::test]
+async fn a_lost_state_file_beside_a_snapshot_stops_start_up() {
+    let dir = TempDir::new("ops-lost-state");
+    let path = dir.path().to_str().unwrap().to_owned();
+    let node = Turnstiled::start(["--data-dir", &path]);
+    let mut c = LockServiceClient::connect(node.url()).await.unwrap();
+    assert!(c.acquire(acquire("k", "a", 0)).await.unwrap().into_inner().acquired);
+    let (status, _) = node.terminate();
+    assert!(status.success());
+    std::fs::remove_file(dir.path().join("state.json")).unwrap();
+    let err = Turnstiled::try_start(["--data-dir", &path]).expect_err("must refuse");
+    assert!(err.contains("state.json") && err.contains("refusing to start"), "{err}");
+    assert!(dir.path().join("snapshot.jsonl").exists());
+}
+
 /// Reflection clients: list services over each protocol version.
 mod reflection {
     use tonic::transport::Channel;
