@@ -131,6 +131,11 @@ async fn attempt(
             let lease = guard.into_lease();
             let outcome =
                 granted(inner, req, holder.key().to_vec(), holder.create_revision(), resp.revision, lease, started);
+            // The owner's own lease: never taken back if the reply is lost.
+            let outcome = match outcome {
+                AcquireOutcome::Acquired(g) => AcquireOutcome::Refreshed(g),
+                other => other,
+            };
             return Ok(Some(outcome));
         }
         if !enqueued {
