@@ -35,6 +35,7 @@ async fn with_load(seed: u64) -> Chaos {
 /// The summary of a history that passed; else the violation, printed.
 fn passed(report: &Report) -> &Summary {
     println!("{report}");
+    assert!(report.crashes.is_empty(), "turnstiled exited although no nemesis stopped it:\n{report}");
     match &report.verdict {
         Ok(s) => s,
         Err(v) => panic!("the lock model was violated:\n{v}"),

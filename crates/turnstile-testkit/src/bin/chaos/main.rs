@@ -3,7 +3,8 @@
 //! release, every call recorded; kills, restarts, SIGTERM during crash
 //! recovery, SIGSTOP, stalled clients and a read-only data dir are injected;
 //! the history is then checked against the lock model. Exits 1 on a
-//! violation, 3 when a requested nemesis was not possible here.
+//! violation, 3 when a requested nemesis was not possible here, 4 when
+//! turnstiled exited although no nemesis stopped it.
 //!
 //! ```text
 //! cargo run -p turnstile-testkit --bin chaos -- --duration 60s --backend memory
@@ -146,6 +147,8 @@ fn main() -> ExitCode {
         ExitCode::from(1)
     } else if !report.not_possible.is_empty() {
         ExitCode::from(3)
+    } else if !report.crashes.is_empty() {
+        ExitCode::from(4)
     } else {
         ExitCode::SUCCESS
     }

@@ -85,6 +85,20 @@ impl Node {
         Ok(pid)
     }
 
+    /// If the process running now exited by itself (it is a zombie
+    /// waiting to be reaped), reaps it: its pid, exit status and stderr.
+    pub(crate) fn exited_on_its_own(&self) -> Option<(u32, std::process::ExitStatus, String)> {
+        let mut process = self.process.lock().expect("node lock");
+        let pid = process.as_ref()?.pid();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The state is the first field after the command name's closing parenthesis.
+        let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+        if state != "Z" {
+            return None;
+        }
+        process.take().map(Turnstiled::terminate).map(|(status, stderr)| (pid, status, stderr))
+    }
+
     /// Sends `sig` (e.g. `libc::SIGSTOP`) to the process running now.
     pub(crate) fn signal(&self, sig: i32) {
         if let Some(t) = self.process.lock().expect("node lock").as_ref() {

@@ -74,6 +74,8 @@ pub(crate) struct Chaos {
     pub(crate) faults: Vec<(Duration, Nemesis, String)>,
     /// Nemeses that could not be done here, and why.
     pub(crate) not_possible: Vec<(Nemesis, String)>,
+    /// Exits of turnstiled that no nemesis caused: (when, pid, status and stderr).
+    pub(crate) crashes: Vec<(Duration, u32, String)>,
 }
 
 /// What a run found.
@@ -86,6 +88,8 @@ pub(crate) struct Report {
     pub(crate) faults: Vec<(Duration, Nemesis, String)>,
     /// Nemeses that could not be done here, and why.
     pub(crate) not_possible: Vec<(Nemesis, String)>,
+    /// Exits of turnstiled that no nemesis caused: (when, pid, status and stderr).
+    pub(crate) crashes: Vec<(Duration, u32, String)>,
 }
 
 impl fmt::Display for Report {
@@ -104,6 +108,9 @@ impl fmt::Display for Report {
         writeln!(f)?;
         for (n, why) in &self.not_possible {
             writeln!(f, "NOT TESTED: {} — {why}", n.name())?;
+        }
+        for (at, pid, what) in &self.crashes {
+            writeln!(f, "FINDING: turnstiled pid {pid} exited on its own at {:.3} ms: {what}", at.as_secs_f64() * 1e3)?;
         }
         match &self.verdict {
             Ok(s) => writeln!(f, "history: {s}\nverdict: OK (no violation of the lock model)"),
@@ -133,6 +140,7 @@ impl Chaos {
             clients: Vec::new(),
             faults: Vec::new(),
             not_possible: Vec::new(),
+            crashes: Vec::new(),
         }
     }
 
@@ -153,6 +161,26 @@ impl Chaos {
     fn fault(&mut self, n: Nemesis, what: String) {
         self.log.event(&format!("fault: {what}"));
         self.faults.push((self.rec.now(), n, what));
+    }
+
+    /// Notes and restarts a turnstiled that exited although no nemesis
+    /// stopped it; `true` if it had.
+    pub(crate) async fn restart_if_it_died(&mut self) -> bool {
+        let node = self.node.clone();
+        let exited = tokio::task::spawn_blocking(move || {
+            let exited = node.exited_on_its_own()?;
+            Some((exited, node.restart()))
+        })
+        .await
+        .expect("reap task");
+        let Some(((pid, status, stderr), restarted)) = exited else { return false };
+        let tail: Vec<&str> = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+        let what = format!("{status}; stderr ends: {}", tail.join(" | "));
+        self.log.event(&format!("FINDING: turnstiled pid {pid} exited on its own: {what}"));
+        self.crashes.push((self.rec.now(), pid, what));
+        let new = restarted.unwrap_or_else(|e| panic!("turnstiled did not restart after exiting on its own: {e}"));
+        self.log.event(&format!("restarted as pid {new}"));
+        true
     }
 
     /// SIGKILL, then a restart on the same data dir.
@@ -232,6 +260,7 @@ impl Chaos {
 
     /// Injects one nemesis, sized by the workload's TTL.
     pub(crate) async fn inject(&mut self, n: Nemesis, w: &Workload, rng: &mut Rng) {
+        self.restart_if_it_died().await;
         match n {
             Nemesis::Kill => self.kill_and_restart().await,
             Nemesis::TermDuringRecovery => self.term_during_recovery().await,
@@ -249,13 +278,14 @@ impl Chaos {
         for c in self.clients.drain(..) {
             c.await.expect("client task");
         }
+        self.restart_if_it_died().await;
         let node = self.node.clone();
         // A paused process would keep its state; resume it so SIGTERM works.
         node.signal(libc::SIGCONT);
         let _ = tokio::task::spawn_blocking(move || node.terminate()).await;
         let history = self.rec.history();
         let verdict = check(&history);
-        Report { history, verdict, faults: self.faults, not_possible: self.not_possible }
+        Report { history, verdict, faults: self.faults, not_possible: self.not_possible, crashes: self.crashes }
     }
 }
 
@@ -301,6 +331,7 @@ pub(crate) async fn run(s: &Settings) -> Report {
     let mut turn = 0usize;
     while chaos.rec.now() - start < s.duration {
         tokio::time::sleep(rng.between(s.quiet.0, s.quiet.1)).await;
+        chaos.restart_if_it_died().await;
         if chaos.rec.now() >= next_progress {
             next_progress += Duration::from_secs(5);
             chaos.log.event(&format!(
