@@ -132,10 +132,10 @@ impl<B: Backend> LockServiceImpl<B> {
     async fn list_inner(&self, req: v1::ListLocksRequest) -> Result<v1::ListLocksResponse, Status> {
         let (prefix, after, size) = validate::list(&req)?;
         // One more than a page tells whether another page follows.
-        let mut locks = self.backend.list(prefix, after, size + 1).await?;
+        let mut locks = self.backend.list(prefix.clone(), after, size + 1).await?;
         let next_page_token = if locks.len() > size {
             locks.truncate(size);
-            locks.last().map(|l| l.key.to_string()).unwrap_or_default()
+            locks.last().map(|l| validate::page_token::encode(&prefix, &l.key)).unwrap_or_default()
         } else {
             String::new()
         };
