@@ -202,10 +202,12 @@ impl ReadOnly {
             (ReadOnlyHow::BindMount, true) => {
                 run("mount", &["--bind", d, d])?;
                 run("mount", &["-o", "remount,bind,ro", d]).inspect_err(|_| {
-                    let _ = run("umount", &[d]);
+                    let _ = run("umount", &["-l", d]);
                 })
             }
-            (ReadOnlyHow::BindMount, false) => run("umount", &[d]),
+            // Lazy: turnstiled may hold a file open under the mount, and a
+            // plain umount would then leave it stacked there for good.
+            (ReadOnlyHow::BindMount, false) => run("umount", &["-l", d]),
             (ReadOnlyHow::Immutable, on) => run("chattr", &[if on { "+i" } else { "-i" }, d]),
         }
     }
