@@ -86,10 +86,8 @@ pub async fn run<B: Backend>(
         .max_decoding_message_size(decode_limit);
 
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
-    let max_result = config.max_result_bytes;
     let grpc_server = tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(move |res| too_large_is_exhausted(res, max_result)))
-        .layer(crate::call::CallLayer)
+        .layer(crate::call::CallLayer::new(config.max_result_bytes, decode_limit))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -167,27 +165,4 @@ async fn ready_handler<B: Backend>(State(s): State<Arc<Http<B>>>) -> (StatusCode
         Some(why) => (StatusCode::OK, format!("ready, {why}\n")),
         None => (StatusCode::OK, "ready\n".into()),
     }
-}
-
-/// tonic's codec refuses a request over the decoding limit with
-/// `OUT_OF_RANGE` before any handler runs; docs/design.md answers every limit
-/// breach with `RESOURCE_EXHAUSTED` naming the field. Only the codec answers
-/// `OUT_OF_RANGE` here, and only a large `result` can make a request that big.
-fn too_large_is_exhausted(
-    mut res: tonic::codegen::http::Response<tonic::body::Body>,
-    max_result: usize,
-) -> tonic::codegen::http::Response<tonic::body::Body> {
-    use tonic::codegen::http::HeaderValue;
-    let out_of_range = HeaderValue::from(tonic::Code::OutOfRange as i32);
-    if res.headers().get("grpc-status") == Some(&out_of_range) {
-        let message = format!(
-            "request too large: result may be at most {max_result} bytes (max result bytes); the release did not happen"
-        );
-        if let Ok(message) = HeaderValue::from_str(&message) {
-            let headers = res.headers_mut();
-            headers.insert("grpc-status", HeaderValue::from(tonic::Code::ResourceExhausted as i32));
-            headers.insert("grpc-message", message);
-        }
-    }
-    res
 }
