@@ -103,20 +103,54 @@ impl Metrics {
 }
 
 /// Installs the global tracing subscriber: text or JSON lines on stderr,
-/// filtered by `filter` (EnvFilter syntax).
+/// filtered by `filter` (EnvFilter syntax, see [`effective_filter`]). Colours
+/// only when stderr is a terminal; JSON lines are flat (`message` and the
+/// event's fields at the top level), one object per line.
 pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| format!("--log: {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_new(effective_filter(filter)).map_err(|e| format!("--log: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let res = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
     };
     res.map_err(|e| e.to_string())
+}
+
+/// The transport crates log every HTTP/2 frame at debug: `--log debug` is
+/// for turnstile's own events (grants, expiries, take-backs), so those
+/// crates stay at `info` unless the filter names one of them itself.
+const TRANSPORT_CRATES: [&str; 5] = ["h2", "hyper", "hyper_util", "tower", "tonic"];
+
+/// `--log` as given, with the transport crates held at `info` unless it
+/// names one of them (`--log debug,h2=trace` shows the frames).
+pub fn effective_filter(filter: &str) -> String {
+    let names_one = filter.split(',').any(|d| {
+        let target = d.split('=').next().unwrap_or("").trim();
+        TRANSPORT_CRATES.iter().any(|c| target == *c || target.starts_with(&format!("{c}::")))
+    });
+    if names_one || filter.trim().is_empty() {
+        return filter.to_owned();
+    }
+    let quiet: Vec<String> = TRANSPORT_CRATES.iter().map(|c| format!("{c}=info")).collect();
+    format!("{filter},{}", quiet.join(","))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_logs_leave_the_transport_at_info_unless_asked() {
+        assert_eq!(effective_filter("debug"), "debug,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info");
+        assert_eq!(effective_filter("info,turnstile_server=debug").matches("=info").count(), 5);
+        assert_eq!(effective_filter("debug,h2=trace"), "debug,h2=trace");
+        assert_eq!(effective_filter("hyper::proto=debug"), "hyper::proto=debug");
+        assert!(tracing_subscriber::EnvFilter::try_new(effective_filter("warn")).is_ok());
+    }
 
     #[test]
     fn exposition_names_counters_and_labels() {

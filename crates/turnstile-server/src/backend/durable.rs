@@ -106,7 +106,8 @@ impl DurableState {
     /// snapshot, reserves a fresh token block and persists it before
     /// returning. A corrupt file is an error, never a silent reset.
     pub fn open(dir: &Path, block: u64, step: Duration, clock: Clock) -> io::Result<(Arc<Self>, Recovered)> {
-        fs::create_dir_all(dir)?;
+        let named = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", dir.display()));
+        fs::create_dir_all(dir).map_err(|e| named("creating the data dir", e))?;
         let state_path = dir.join(STATE_FILE);
         let old = match fs::read(&state_path) {
             Ok(bytes) => {
@@ -163,11 +164,14 @@ impl DurableState {
             token_block_end: first_token.saturating_add(block),
             lease_horizon_unix_ms: state.lease_horizon_unix_ms,
         };
-        write_atomic(dir, STATE_FILE, &serde_json::to_vec_pretty(&next)?)?;
+        write_atomic(dir, STATE_FILE, &serde_json::to_vec_pretty(&next)?)
+            .map_err(|e| named("writing state.json in the data dir", e))?;
         // The snapshot is consumed: the generation moved on, so it could never
         // count again; removing it only keeps the dir tidy.
         match fs::remove_file(dir.join(SNAPSHOT_FILE)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(named("removing the consumed snapshot.jsonl from the data dir", e))
+            }
             _ => {}
         }
         let durable = Arc::new(DurableState {
@@ -312,7 +316,7 @@ fn read_snapshot(path: &Path, generation: u64) -> io::Result<Option<Snapshot>> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))),
     };
     let mut lines = BufReader::new(file).lines();
     let header: SnapshotHeader = match lines.next() {
@@ -412,6 +416,16 @@ mod tests {
         let (_, r) = DurableState::open(&d, 100, Duration::from_secs(10), Clock::new()).unwrap();
         assert!(r.leases.is_empty());
         assert!(r.grants_resume_at.is_some());
+    }
+
+    #[test]
+    fn a_data_dir_that_cannot_be_created_is_named() {
+        let d = dir();
+        fs::create_dir_all(&d).unwrap();
+        let file = d.join("a-file");
+        fs::write(&file, b"").unwrap();
+        let err = DurableState::open(&file.join("sub"), 100, Duration::from_secs(1), Clock::new()).unwrap_err();
+        assert!(err.to_string().contains("creating the data dir") && err.to_string().contains("a-file"), "{err}");
     }
 
     #[test]
