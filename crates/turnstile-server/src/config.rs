@@ -107,6 +107,22 @@ pub struct Config {
     #[arg(long, env = "TURNSTILE_HORIZON_STEP", default_value = "10s", value_parser = parse_duration, hide_short_help = true)]
     pub horizon_step: Duration,
 
+    /// Leases with a longer TTL are recorded one by one in the state file, so that after a
+    /// crash only their own keys wait for them; shorter ones share one horizon, which a
+    /// crash makes every key wait for (at most this plus --horizon-step).
+    #[arg(long, env = "TURNSTILE_LONG_LEASE", default_value = "60s", value_parser = parse_duration, hide_short_help = true)]
+    pub long_lease: Duration,
+
+    /// Most keys recorded for long leases; past it a long lease is covered by the shared horizon.
+    #[arg(long, env = "TURNSTILE_MAX_LONG_LEASES", default_value_t = 1024, hide_short_help = true)]
+    pub max_long_leases: usize,
+
+    /// After a crash, grant at once instead of waiting for leases the crashed process may
+    /// have granted. Only when you know every holder from before the crash has stopped:
+    /// mutual exclusion is then yours to ensure. Tokens are never reused either way.
+    #[arg(long, env = "TURNSTILE_OVERRIDE_RECOVERY")]
+    pub override_recovery: bool,
+
     /// Log format.
     #[arg(long, env = "TURNSTILE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

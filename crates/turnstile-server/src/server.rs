@@ -73,6 +73,20 @@ pub async fn run<B: Backend>(
     };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<LockServiceServer<LockServiceImpl<B>>>().await;
+    // Nothing can be granted while recovering after a crash: NOT_SERVING
+    // until grants resume (reads and renews are answered meanwhile).
+    let mut recovery_watch = None;
+    if let Some(left) = backend.recovery_left() {
+        health.set_not_serving::<LockServiceServer<LockServiceImpl<B>>>().await;
+        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        let health = health.clone();
+        recovery_watch = Some(tokio::spawn(async move {
+            tokio::time::sleep(left).await;
+            health.set_serving::<LockServiceServer<LockServiceImpl<B>>>().await;
+            health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+            tracing::info!("recovery over: granting again");
+        }));
+    }
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(turnstile_proto::FILE_DESCRIPTOR_SET)
@@ -123,6 +137,9 @@ pub async fn run<B: Backend>(
         }
     }
     tracing::info!("shutting down: refusing new calls, answering waiters, finishing in-flight calls");
+    if let Some(w) = recovery_watch {
+        w.abort();
+    }
     state.serving.store(false, Ordering::Release);
     health.set_not_serving::<LockServiceServer<LockServiceImpl<B>>>().await;
     // "" is the server as a whole, which is what most probes ask about.
@@ -150,6 +167,12 @@ async fn metrics_handler<B: Backend>(State(s): State<Arc<Http<B>>>) -> String {
     if let Some(n) = (s.leases_held)() {
         s.metrics.leases_held.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
+    let m = &s.metrics;
+    let left = s.backend.recovery_left().map_or(0, crate::error::ceil_secs);
+    m.recovery_seconds_left.set(i64::try_from(left).unwrap_or(i64::MAX));
+    m.keys_held_back.set(i64::try_from(s.backend.keys_held_back()).unwrap_or(i64::MAX));
+    let writes = s.backend.state_writes();
+    m.state_writes.inc_by(writes.saturating_sub(m.state_writes.get()));
     s.metrics.encode()
 }
 

@@ -37,6 +37,12 @@ pub struct Metrics {
     errors: Family<Vec<(&'static str, String)>, Counter>,
     /// Leases held now (set at scrape time).
     pub leases_held: Gauge,
+    /// Seconds until grants resume on every key after a crash (scrape time).
+    pub recovery_seconds_left: Gauge,
+    /// Keys held back after a crash for their long leases (scrape time).
+    pub keys_held_back: Gauge,
+    /// Writes of the state file (brought up to date at scrape time).
+    pub state_writes: Counter,
 }
 
 impl Default for Metrics {
@@ -72,6 +78,20 @@ impl Metrics {
         registry.register("errors", "Calls refused, by RPC and gRPC status code", errors.clone());
         let leases_held = Gauge::default();
         registry.register("leases_held", "Leases held now", leases_held.clone());
+        let recovery_seconds_left = Gauge::default();
+        registry.register(
+            "recovery_seconds_left",
+            "Seconds until grants resume on every key after a crash (0 when not recovering)",
+            recovery_seconds_left.clone(),
+        );
+        let keys_held_back = Gauge::default();
+        registry.register(
+            "keys_held_back",
+            "Keys held back after a crash until their long leases end",
+            keys_held_back.clone(),
+        );
+        let state_writes = Counter::default();
+        registry.register("state_writes", "Writes of the state file (fsync + rename)", state_writes.clone());
         Metrics {
             registry,
             acquired,
@@ -85,6 +105,9 @@ impl Metrics {
             released,
             errors,
             leases_held,
+            recovery_seconds_left,
+            keys_held_back,
+            state_writes,
         }
     }
 

@@ -123,8 +123,23 @@ fn invalid_settings_are_refused_naming_the_flag() {
     assert!(err.contains("--min-ttl"), "{err}");
 }
 
+/// The serving status of the server as a whole and of the LockService.
+async fn health(node: &Turnstiled) -> Vec<tonic_health::pb::health_check_response::ServingStatus> {
+    let ch = tonic::transport::Endpoint::from_shared(node.url()).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+    let mut out = Vec::new();
+    for service in ["", "turnstile.v1.LockService"] {
+        let r = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap();
+        out.push(r.into_inner().status());
+    }
+    out
+}
+
+/// While nothing can be granted after a crash, /readyz is 503, gRPC health
+/// NOT_SERVING, and a gauge counts the seconds left.
 #[tokio::test]
-async fn readyz_says_when_grants_wait_for_crash_recovery() {
+async fn recovery_is_visible_as_not_ready_not_serving_and_a_gauge() {
+    use tonic_health::pb::health_check_response::ServingStatus;
     let dir = TempDir::new("ops-recovery");
     let path = dir.path().to_str().unwrap().to_owned();
     let node = Turnstiled::start(["--data-dir", &path]);
@@ -133,8 +148,62 @@ async fn readyz_says_when_grants_wait_for_crash_recovery() {
     node.kill();
     let node = Turnstiled::start(["--data-dir", &path]);
     let (code, body) = http_get(node.http, "/readyz");
-    assert_eq!(code, 200, "reads and renews are served while recovering");
+    assert_eq!(code, 503, "{body}");
     assert!(body.contains("recovering") && body.contains(" s"), "{body}");
+    assert_eq!(health(&node).await, vec![ServingStatus::NotServing; 2]);
+    let metrics = http_get(node.http, "/metrics").1;
+    let left: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("turnstile_recovery_seconds_left "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!((30..=41).contains(&left), "{left} s left of a 30 s lease plus the 10 s step");
+}
+
+/// When recovery ends, gRPC health turns SERVING and /readyz ready again,
+/// by themselves.
+#[tokio::test]
+async fn health_turns_serving_when_recovery_ends() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let dir = TempDir::new("ops-recovery-ends");
+    let path = dir.path().to_str().unwrap().to_owned();
+    let args = ["--data-dir", &path, "--horizon-step", "100ms"];
+    let node = Turnstiled::start(args);
+    let mut c = LockServiceClient::connect(node.url()).await.unwrap();
+    let mut short = acquire("k", "holder", 0);
+    short.ttl = Some(prost_types::Duration { seconds: 1, nanos: 0 });
+    assert!(c.acquire(short).await.unwrap().into_inner().acquired);
+    node.kill();
+    let node = Turnstiled::start(args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while health(&node).await != vec![ServingStatus::Serving; 2] {
+        assert!(std::time::Instant::now() < deadline, "still NOT_SERVING long after a 1 s lease ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(http_get(node.http, "/readyz"), (200, "ready\n".into()));
+}
+
+/// A crash with only a long lease held holds back that key alone: the
+/// server is ready and SERVING, and says how many keys wait.
+#[tokio::test]
+async fn a_crash_with_a_long_lease_held_back_keeps_the_server_ready() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let dir = TempDir::new("ops-key-hold");
+    let path = dir.path().to_str().unwrap().to_owned();
+    let node = Turnstiled::start(["--data-dir", &path, "--long-lease", "10s"]);
+    let mut c = LockServiceClient::connect(node.url()).await.unwrap();
+    assert!(c.acquire(acquire("long", "holder", 0)).await.unwrap().into_inner().acquired); // 30 s
+    node.kill();
+    let node = Turnstiled::start(["--data-dir", &path, "--long-lease", "10s"]);
+    let (code, body) = http_get(node.http, "/readyz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("1 key(s) held back"), "{body}");
+    assert_eq!(health(&node).await, vec![ServingStatus::Serving; 2]);
+    assert!(http_get(node.http, "/metrics").1.contains("turnstile_keys_held_back 1"));
+    let mut c = LockServiceClient::connect(node.url()).await.unwrap();
+    assert!(c.acquire(acquire("other", "b", 0)).await.unwrap().into_inner().acquired);
+    let err = c.acquire(acquire("long", "b", 0)).await.expect_err("held back");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 }
 
 /// Issue 9, defect 3, as an operator meets it: A holds `k` for 60 s,
