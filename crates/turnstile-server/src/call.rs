@@ -194,20 +194,28 @@ fn too_large_is_exhausted(mut res: Response<Body>, method: &str, limits: SizeLim
         return res;
     }
     let name = method.rsplit('/').next().unwrap_or(method);
-    let message = if method == "/turnstile.v1.LockService/Release" {
-        format!(
+    let status = if method == "/turnstile.v1.LockService/Release" {
+        let message = format!(
             "Release request too large: result may be at most {} bytes (--max-result-bytes); the release did not happen",
             limits.max_result
-        )
-    } else if method.starts_with("/turnstile.v1.LockService/") {
-        format!("{name} request too large: it may be at most {} bytes", limits.max_request)
+        );
+        let meta = [("field", "result".to_owned()), ("limit", limits.max_result.to_string())];
+        crate::error::status_with_info(tonic::Code::ResourceExhausted, message, "RESULT_TOO_LARGE", &meta)
     } else {
-        format!("{name} request too large for {method}")
+        let message = if method.starts_with("/turnstile.v1.LockService/") {
+            format!("{name} request too large: it may be at most {} bytes", limits.max_request)
+        } else {
+            format!("{name} request too large for {method}")
+        };
+        let meta = [("method", method.to_owned())];
+        crate::error::status_with_info(tonic::Code::ResourceExhausted, message, "REQUEST_TOO_LARGE", &meta)
     };
-    if let Ok(message) = HeaderValue::from_str(&message) {
-        let headers = res.headers_mut();
-        headers.insert("grpc-status", HeaderValue::from(tonic::Code::ResourceExhausted as i32));
-        headers.insert("grpc-message", message);
+    // The codec's status travelled as headers only (no body): replace them.
+    let (parts, _) = status.into_http::<Body>().into_parts();
+    for (name, value) in parts.headers.iter() {
+        if name.as_str().starts_with("grpc-") {
+            res.headers_mut().insert(name.clone(), value.clone());
+        }
     }
     res
 }
@@ -318,6 +326,9 @@ mod tests {
             assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{path}");
             assert!(status.message().contains(says), "{path}: {}", status.message());
             assert_eq!(status.message().contains("result"), path.ends_with("Release"), "{path}");
+            use tonic_types::StatusExt;
+            let reason = status.get_details_error_info().expect("ErrorInfo").reason;
+            assert_eq!(reason, if path.ends_with("Release") { "RESULT_TOO_LARGE" } else { "REQUEST_TOO_LARGE" });
         }
     }
 
