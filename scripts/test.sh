@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole turnstile test suite. Installs what the tests need when it is
-# missing: etcd (the etcd backend's tests start a real one) and protoc (the
-# etcd-client crate compiles etcd's protos with it). Debian/Ubuntu apt.
+# missing: etcd (the etcd backend's tests start a real one), protoc (the
+# etcd-client crate compiles etcd's protos with it) and promtool (Debian's
+# prometheus package: the metrics exposition is checked with it). Debian/Ubuntu apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,12 +10,13 @@ need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]} (needed by the tests)" >&2
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 # Unit, integration and doc tests of every crate; examples are built too.

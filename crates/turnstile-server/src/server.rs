@@ -163,7 +163,12 @@ pub async fn run<B: Backend>(
     Ok(())
 }
 
-async fn metrics_handler<B: Backend>(State(s): State<Arc<Http<B>>>) -> String {
+/// `/metrics`: OpenMetrics when the scraper asks for it (Prometheus does),
+/// else the Prometheus text format, each with its Content-Type.
+async fn metrics_handler<B: Backend>(
+    State(s): State<Arc<Http<B>>>,
+    headers: axum::http::HeaderMap,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     if let Some(n) = (s.leases_held)() {
         s.metrics.leases_held.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
@@ -173,7 +178,19 @@ async fn metrics_handler<B: Backend>(State(s): State<Arc<Http<B>>>) -> String {
     m.keys_held_back.set(i64::try_from(s.backend.keys_held_back()).unwrap_or(i64::MAX));
     let writes = s.backend.state_writes();
     m.state_writes.inc_by(writes.saturating_sub(m.state_writes.get()));
-    s.metrics.encode()
+    // Down: the backend cannot serve for a reason other than crash recovery
+    // (its store unreachable or unwritable).
+    let down = s.backend.unready().is_some() && s.backend.recovery_left().is_none();
+    m.backend_up.set(i64::from(!down));
+    let wants_openmetrics = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        ([(axum::http::header::CONTENT_TYPE, crate::telemetry::OPENMETRICS)], s.metrics.encode())
+    } else {
+        ([(axum::http::header::CONTENT_TYPE, crate::telemetry::PROMETHEUS_TEXT)], s.metrics.encode_text())
+    }
 }
 
 async fn ready_handler<B: Backend>(State(s): State<Arc<Http<B>>>) -> (StatusCode, String) {

@@ -22,13 +22,19 @@ fn acquire(key: &str, owner: &str, wait_secs: i64) -> v1::AcquireRequest {
 
 /// A plain HTTP/1.1 GET; returns (status code, body).
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (code, _, body) = http_get_full(addr, path);
+    (code, body)
+}
+
+/// A plain HTTP/1.1 GET; returns (status code, header lines, body).
+fn http_get_full(addr: SocketAddr, path: &str) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).expect("connect http");
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("write");
     let mut resp = String::new();
     s.read_to_string(&mut resp).expect("read");
     let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (code, body)
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    (code, head.to_owned(), body.to_owned())
 }
 
 #[tokio::test]
@@ -65,6 +71,55 @@ fn http_serves_metrics_healthz_and_readyz() {
     assert!(body.contains("turnstile_leases_held 0"), "{body}");
 }
 
+/// The exposition passes `promtool check metrics` (Debian's `prometheus`
+/// package; scripts/test.sh installs it) and is served with the Content-Type
+/// of its format (Prometheus text unless the scraper asks for OpenMetrics),
+/// after traffic has filled counters and histograms.
+#[tokio::test]
+async fn metrics_pass_promtool_and_say_their_format() {
+    let promtool = std::process::Command::new("promtool").arg("--version").output();
+    assert!(
+        promtool.is_ok_and(|o| o.status.success()),
+        "promtool not found: install Debian's prometheus package (apt-get install --no-install-recommends prometheus), as scripts/test.sh does"
+    );
+    let node = Turnstiled::start(["--data-dir", ""]);
+    let mut c = LockServiceClient::connect(node.url()).await.unwrap();
+    let lease = c.acquire(acquire("m", "a", 0)).await.unwrap().into_inner().lease.unwrap();
+    let waiter = {
+        let mut c = c.clone();
+        tokio::spawn(async move { c.acquire(acquire("m", "b", 30)).await })
+    };
+    while c.get_lock(v1::GetLockRequest { key: "m".into() }).await.unwrap().into_inner().waiters != 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.release(v1::ReleaseRequest { key: "m".into(), fencing_token: lease.fencing_token, result: None }).await.unwrap();
+    assert!(waiter.await.unwrap().unwrap().into_inner().acquired);
+    let _ = c.renew(v1::RenewRequest { key: "m".into(), fencing_token: 999, ttl: None }).await;
+    let (code, head, body) = http_get_full(node.http, "/metrics");
+    assert_eq!(code, 200);
+    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
+    for series in [
+        "turnstile_handoff_seconds_count 1",
+        "turnstile_wait_seconds_count 1",
+        "turnstile_waiters 0",
+        "turnstile_renew_total{outcome=\"not_found\"} 1",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(body.contains(series), "{series} missing in\n{body}");
+    }
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    check.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("feed promtool");
+    let out = check.wait_with_output().expect("promtool");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{body}");
+}
+
 #[tokio::test]
 async fn metrics_count_grants_and_refusals() {
     let node = Turnstiled::start(["--data-dir", ""]);
@@ -75,7 +130,9 @@ async fn metrics_count_grants_and_refusals() {
     let body = http_get(node.http, "/metrics").1;
     assert!(body.contains("turnstile_acquire_total{outcome=\"acquired\"} 1"), "{body}");
     assert!(body.contains("turnstile_acquire_total{outcome=\"contended\"} 1"), "{body}");
-    assert!(body.contains("turnstile_errors_total{rpc=\"Acquire\",code=\"InvalidArgument\"} 1"), "{body}");
+    assert!(body.contains("turnstile_calls_total{rpc=\"Acquire\",code=\"InvalidArgument\"} 1"), "{body}");
+    assert!(body.contains("turnstile_calls_total{rpc=\"Acquire\",code=\"Ok\"} 2"), "{body}");
+    assert!(body.contains("turnstile_call_seconds_count{rpc=\"Acquire\"} 3"), "{body}");
     assert!(body.contains("turnstile_leases_held 1"), "{body}");
 }
 

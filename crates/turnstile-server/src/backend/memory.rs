@@ -32,7 +32,8 @@ use crate::telemetry::Metrics;
 /// What a parked waiter is answered with.
 #[derive(Debug)]
 enum Answer {
-    Granted(Lease),
+    /// Granted, when the lease before it ended at the instant given.
+    Granted(Lease, Time),
     Shared(Arc<[u8]>),
     TimedOut(LockInfo),
     Closed,
@@ -206,16 +207,16 @@ impl Inner {
             let out = op(&mut table, now);
             (out, table.drain())
         };
-        self.carry_out(idx, ready);
+        self.carry_out(idx, ready, now);
         out
     }
 
     /// Wakes the shard's task by `ready.wake_by` and carries out its effects.
-    fn carry_out(&self, idx: usize, ready: Ready<Reply>) {
+    fn carry_out(&self, idx: usize, ready: Ready<Reply>, now: Time) {
         if let Some(t) = ready.wake_by {
             self.schedule(idx, t);
         }
-        self.deliver(idx, ready.effects);
+        self.deliver(idx, ready.effects, now);
     }
 
     /// Makes sure the shard's expiry task wakes by `t`.
@@ -228,12 +229,12 @@ impl Inner {
 
     /// Carries out effects. A grant whose waiter is gone is taken back and
     /// passes on at once (G6).
-    fn deliver(&self, idx: usize, effects: Vec<Effect<Reply>>) {
+    fn deliver(&self, idx: usize, effects: Vec<Effect<Reply>>, ended_at: Time) {
         let mut queue = std::collections::VecDeque::from(effects);
         while let Some(effect) = queue.pop_front() {
             match effect {
                 Effect::Granted { waiter, lease } => {
-                    if let Err(Answer::Granted(lease)) = waiter.send(Answer::Granted(lease)) {
+                    if let Err(Answer::Granted(lease, _)) = waiter.send(Answer::Granted(lease, ended_at)) {
                         self.metrics.grants_taken_back.inc();
                         let now = self.clock.now();
                         let ready = {
@@ -350,10 +351,15 @@ struct QueueGuard<'a> {
     id: WaiterId,
     rx: oneshot::Receiver<Answer>,
     answered: bool,
+    /// When it was queued (for the wait-time histogram).
+    queued_at: Time,
 }
 
 impl Drop for QueueGuard<'_> {
     fn drop(&mut self) {
+        let metrics = &self.inner.metrics;
+        metrics.waiters.dec();
+        metrics.wait_seconds.observe(self.inner.clock.now().saturating_since(self.queued_at).as_secs_f64());
         if self.answered {
             return;
         }
@@ -365,7 +371,7 @@ impl Drop for QueueGuard<'_> {
         self.inner.with_table(self.idx, |t, now| {
             if !t.cancel(key, id, now) {
                 // Already answered: a grant sent before we got here is ours to undo.
-                if let Ok(Answer::Granted(lease)) = rx.try_recv() {
+                if let Ok(Answer::Granted(lease, _)) = rx.try_recv() {
                     t.release(&lease.key, lease.token, None, now);
                 }
             }
@@ -387,7 +393,7 @@ async fn expiry_loop(inner: Arc<Inner>, idx: usize) {
             shard.next_wake.store(wake_by.map_or(u64::MAX, Time::as_nanos), Ordering::Release);
             (effects, wake_by)
         };
-        inner.deliver(idx, effects);
+        inner.deliver(idx, effects, now);
         match next {
             Some(t) => {
                 tokio::select! {
@@ -449,11 +455,18 @@ impl Backend for MemoryBackend {
             }
             Acquired::Queued(id) => {
                 let Some(rx) = rx else { return Err(BackendError::ShuttingDown) }; // queued only when waiting
-                let mut guard = QueueGuard { inner, idx, key: &req.key, id, rx, answered: false };
+                inner.metrics.waiters.inc();
+                let queued_at = inner.clock.now();
+                let mut guard = QueueGuard { inner, idx, key: &req.key, id, rx, answered: false, queued_at };
                 let answer = (&mut guard.rx).await;
                 guard.answered = true;
+                drop(guard); // no longer queued: counted out of the waiters now
                 match answer {
-                    Ok(Answer::Granted(lease)) => {
+                    Ok(Answer::Granted(lease, ended_at)) => {
+                        inner
+                            .metrics
+                            .handoff_seconds
+                            .observe(inner.clock.now().saturating_since(ended_at).as_secs_f64());
                         inner.metrics.acquired.inc();
                         inner.hand_over(idx, lease).await
                     }
