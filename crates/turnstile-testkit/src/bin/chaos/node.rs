@@ -141,7 +141,14 @@ impl Node {
     /// `Ok` describes what happened; `Err` is a refusal that did not happen.
     pub(crate) fn lose_state_while_stopped(&self) -> Result<String, String> {
         let old = self.pid();
-        let stopped = self.terminate().map(|(status, _)| status.to_string()).unwrap_or_default();
+        let began = std::time::Instant::now();
+        let stopped = self
+            .terminate()
+            .map(|(status, stderr)| {
+                let drain = stderr.lines().find(|l| l.contains("did not finish")).map_or("", |_| ", drain timed out");
+                format!("{status} after {:.0} ms{drain}", began.elapsed().as_secs_f64() * 1e3)
+            })
+            .unwrap_or_default();
         let state = self.dir.path().join("state.json");
         let aside = self.dir.path().join(".chaos-state.json.saved");
         std::fs::rename(&state, &aside).map_err(|e| format!("moving {} away: {e}", state.display()))?;
