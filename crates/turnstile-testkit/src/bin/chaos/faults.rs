@@ -149,14 +149,18 @@ impl Chaos {
         self.fault(Nemesis::StalledClient, "the next holder will stall past its ttl, then write".into());
     }
 
-    /// The data dir read-only for `d`; `false` (and noted) where that is not possible here.
+    /// The data dir read-only for `d`; `false` (and noted) where that is not
+    /// possible here. The mount commands run off the async threads: under
+    /// load they take long enough to starve the clients, whose calls would
+    /// then look unanswered.
     pub(crate) async fn read_only_for(&mut self, d: Duration) -> bool {
-        match ReadOnly::apply(self.node().dir()) {
+        let dir = self.node().dir().to_owned();
+        match tokio::task::spawn_blocking(move || ReadOnly::apply(&dir)).await.expect("read-only task") {
             Ok(ro) => {
                 self.log.event(&format!("fault: data dir read-only ({:?}) for {d:?}", ro.how()));
                 tokio::time::sleep(d).await;
                 let how = ro.how();
-                drop(ro);
+                tokio::task::spawn_blocking(move || drop(ro)).await.expect("writable-again task");
                 self.fault(Nemesis::ReadOnlyDir, format!("data dir writable again after {d:?} read-only ({how:?})"));
                 true
             }
@@ -170,16 +174,20 @@ impl Chaos {
     /// The data dir full for `d`; `false` (and noted) where that is not
     /// possible here. `/readyz` is read while it is full, for the log.
     pub(crate) async fn full_for(&mut self, d: Duration) -> bool {
-        match self.node().fill() {
+        let node = self.node().clone();
+        match tokio::task::spawn_blocking(move || node.fill()).await.expect("fill task") {
             Ok(full) => {
                 self.log.event(&format!("fault: data dir full ({} bytes of filler) for {d:?}", full.bytes));
                 tokio::time::sleep(d).await;
                 let node = self.node().clone();
-                let readyz = tokio::task::spawn_blocking(move || node.readyz())
-                    .await
-                    .expect("readyz task")
-                    .map_or_else(|e| e.to_string(), |(code, body)| format!("{code} {body}"));
-                drop(full);
+                let readyz = tokio::task::spawn_blocking(move || {
+                    let readyz = node.readyz();
+                    drop(full);
+                    readyz
+                })
+                .await
+                .expect("readyz task")
+                .map_or_else(|e| e.to_string(), |(code, body)| format!("{code} {body}"));
                 self.fault(
                     Nemesis::FullDir,
                     format!("data dir has room again after {d:?} full (/readyz then: {readyz})"),
