@@ -207,6 +207,10 @@ impl DurableState {
             lease_horizon_unix_ms: state.lease_horizon_unix_ms,
             long_leases,
         };
+        if fs::symlink_metadata(dir.join(MARKER_FILE)).is_err() {
+            let text = b"This directory holds turnstiled's restart state. Do not delete state.json alone: without it turnstiled refuses to start.\n";
+            write_atomic(dir, MARKER_FILE, text).map_err(|e| named("writing the marker file in the data dir", e))?;
+        }
         write_atomic(dir, STATE_FILE, &serde_json::to_vec_pretty(&next)?)
             .map_err(|e| named("writing state.json in the data dir", e))?;
         // The snapshot is consumed: the generation moved on, so it could never
@@ -367,7 +371,12 @@ impl DurableState {
 
 /// The files a data dir holds once a process has run in it; none may be
 /// there without `state.json`.
-const LEFTOVERS: [&str; 3] = [SNAPSHOT_FILE, "snapshot.jsonl.tmp", "state.json.tmp"];
+const LEFTOVERS: [&str; 4] = [SNAPSHOT_FILE, "snapshot.jsonl.tmp", "state.json.tmp", MARKER_FILE];
+
+/// Written once, before the first `state.json`, and never removed: a dir
+/// that has it has issued tokens, so a missing `state.json` beside it was
+/// lost (after a crash nothing else may be left to tell).
+const MARKER_FILE: &str = "turnstile-data-dir";
 
 /// With `state.json` missing, the dir must be fresh: a snapshot or a
 /// temporary file, or `state.json` as a dangling symlink, means the state
@@ -384,10 +393,9 @@ fn refuse_leftovers_without_state(dir: &Path) -> io::Result<()> {
     if fs::symlink_metadata(&state_path).is_ok() {
         return Err(lost(format!("{} as a dangling symlink", state_path.display())));
     }
-    for name in LEFTOVERS {
-        if fs::symlink_metadata(dir.join(name)).is_ok() {
-            return Err(lost(name.to_owned()));
-        }
+    let found: Vec<&str> = LEFTOVERS.into_iter().filter(|name| fs::symlink_metadata(dir.join(name)).is_ok()).collect();
+    if !found.is_empty() {
+        return Err(lost(found.join(" and ")));
     }
     Ok(())
 }

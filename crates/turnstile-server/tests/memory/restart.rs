@@ -396,3 +396,17 @@ async fn the_long_lease_log_is_bounded() {
     advance(Duration::from_secs(30)).await;
     assert_recovering(&b, "other").await; // the horizon now covers l3's 600 s
 }
+
+/// A `state.json` lost after a crash (nothing else left in the dir but the
+/// marker written at the first start) is refused too, not taken for a fresh
+/// dir that would start again from token 1.
+#[tokio::test(start_paused = true)]
+async fn g1_g2_a_state_file_lost_after_a_crash_is_refused() {
+    let w = World::new();
+    let b = w.start();
+    must_acquire(&b, req("k", "a", Duration::from_secs(60), NONE)).await;
+    crash(b);
+    std::fs::remove_file(w.dir.path().join("state.json")).expect("lose state.json");
+    let err = w.try_start().err().expect("refused");
+    assert!(err.to_string().contains("state.json") && err.to_string().contains("turnstile-data-dir"), "{err}");
+}
