@@ -13,6 +13,7 @@
 //!   calls get their timeout and their mapping to [`BackendError`]. Every
 //!   time the backend reads or sleeps until comes from one [`Clock`], given
 //!   at construction ([`EtcdBackend::connect_with_clock`]).
+//! - [`proto`]: etcd's gRPC API, generated from `proto/etcd/` by `build.rs`.
 //! - `layout`: the etcd key layout and the value of a queue entry.
 //! - `acquire`: Acquire: enqueue, G5 refresh, the wait behind the entry ahead,
 //!   the grant-time lease check (etcd issue 11456), cancellation (G6).
@@ -60,6 +61,7 @@ mod holders;
 mod inspect;
 mod layout;
 mod leases;
+pub mod proto;
 
 use batch::Batcher;
 use holders::LocalLeases;
