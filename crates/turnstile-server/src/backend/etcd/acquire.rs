@@ -22,12 +22,11 @@ use std::sync::Arc;
 use turnstile_core::{CoreError, Time};
 
 use super::client::{
-    Branch, CallError, Cond, Get, Read, Skip, SortOrder, SortTarget, Txn, Watch, WatchResponse, Write,
+    Branch, CallError, Cond, EventType, Get, Read, Skip, SortOrder, SortTarget, Txn, Watch, WatchResponse, Write,
 };
 use super::holders::Held;
 use super::layout::EntryValue;
 use super::leases::ActiveLease;
-use super::proto::mvccpb::event::EventType;
 use super::{entry_is, first_entry, inspect, rev_token, secs, Head, Inner};
 use crate::backend::{AcquireOutcome, AcquireRequest, Grant};
 use crate::error::BackendError;

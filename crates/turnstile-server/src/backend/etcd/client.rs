@@ -28,6 +28,7 @@ use super::proto::etcdserverpb::{
 pub(super) use super::proto::etcdserverpb::{
     LeaseGrantResponse, LeaseTimeToLiveResponse, RangeResponse, WatchResponse,
 };
+pub(super) use super::proto::mvccpb::event::EventType;
 pub(super) use super::proto::mvccpb::KeyValue;
 
 /// Why an etcd call failed.

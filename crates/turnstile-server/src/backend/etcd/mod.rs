@@ -10,12 +10,13 @@
 //!
 //! # Layout
 //! - this file: [`EtcdBackend`], and the one place etcd calls get their
-//!   timeout and their mapping to [`BackendError`]. Every
-//!   time the backend reads or sleeps until comes from one [`Clock`], given
-//!   at construction ([`EtcdBackend::connect_with_clock`]).
+//!   timeout and their mapping to [`BackendError`]. Every time the backend
+//!   reads or sleeps until comes from one [`Clock`], given at construction
+//!   ([`EtcdBackend::connect_with_clock`]).
 //! - `client`: the connection and the etcd calls, over etcd's generated
-//!   clients: a transaction builder whose answers are read through handles,
-//!   never by position; watches; lease keep-alive streams.
+//!   clients: a transaction builder whose answers are read through the
+//!   handles its reads gave out, never by position; watches; lease
+//!   keep-alive streams. The only module that builds etcd requests.
 //! - [`proto`]: etcd's gRPC API, generated from `proto/etcd/` by `build.rs`.
 //! - `layout`: the etcd key layout and the value of a queue entry.
 //! - `acquire`: Acquire: enqueue, G5 refresh, the wait behind the entry ahead,
