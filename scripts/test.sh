@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Runs the whole turnstile test suite. Installs what the tests need when it is
-# missing: etcd (the etcd backend's tests start a real one; Debian/Ubuntu apt).
-# No protoc: every proto in the workspace is compiled by protox, in Rust.
+# missing: etcd (the etcd backend's tests start a real one) and promtool
+# (Debian's prometheus package: the metrics exposition is checked with it).
+# Debian/Ubuntu apt. No protoc: every proto in the workspace compiles with protox.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]} (needed by the tests)" >&2
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 # Unit, integration and doc tests of every crate; examples are built too.

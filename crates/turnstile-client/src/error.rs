@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use tonic::{Code, Status};
+use tonic_types::StatusExt;
 
 /// Why a lease is known to be lost (see [`LockGuard::lost`](crate::LockGuard::lost)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +151,13 @@ impl Error {
         }
         match status.code() {
             Code::InvalidArgument => {
-                let (field, reason) = split_invalid(&message);
+                // The server names the field in a google.rpc.BadRequest; the
+                // message text is read only from servers that send none.
+                let detail = status.get_details_bad_request().and_then(|b| b.field_violations.into_iter().next());
+                let (field, reason) = match detail {
+                    Some(v) => (v.field, v.description),
+                    None => split_invalid(&message),
+                };
                 Error::InvalidArgument { field, reason }
             }
             Code::ResourceExhausted => Error::ResourceExhausted { message },
@@ -211,6 +218,16 @@ mod tests {
         let e = Error::from_status(Status::invalid_argument("invalid key: must not be empty"));
         assert!(
             matches!(&e, Error::InvalidArgument { field, reason } if field == "key" && reason == "must not be empty")
+        );
+        let detailed = Status::with_error_details(
+            Code::InvalidArgument,
+            "a message in other words",
+            tonic_types::ErrorDetails::with_bad_request_violation("wait_timeout", "must not be negative"),
+        );
+        let e = Error::from_status(detailed);
+        assert!(
+            matches!(&e, Error::InvalidArgument { field, reason } if field == "wait_timeout" && reason == "must not be negative"),
+            "the BadRequest detail wins over the message: {e:?}"
         );
         let e = Error::from_status(Status::invalid_argument("something else"));
         assert!(matches!(&e, Error::InvalidArgument { field, .. } if field == "unknown"));

@@ -55,6 +55,6 @@ mod wheel;
 
 pub use error::CoreError;
 pub use shared::{Counters, TableConfig};
-pub use table::{LockTable, Ready, Wait};
+pub use table::{LockTable, Ready, Wait, RECOVERY_OWNER};
 pub use time::Time;
 pub use types::{AcquireArgs, Acquired, Effect, HolderInfo, Lease, LockInfo, WaiterId};

@@ -20,6 +20,11 @@ pub struct Ready<W> {
     pub wake_by: Option<Time>,
 }
 
+/// The owner of a key's recovery hold ([`LockTable::hold_key_until`]): empty,
+/// which no client can be (owners are 1–256 bytes), with token 0, which is
+/// never issued.
+pub const RECOVERY_OWNER: &str = "";
+
 /// A waiter's request to queue: until when, and the host's payload for it.
 #[derive(Debug)]
 pub struct Wait<W> {
@@ -126,7 +131,10 @@ impl<W> LockTable<W> {
             (Status::Busy { held: false, .. } | Status::Free, None) if recovering.is_some() => {
                 Err(CoreError::Recovering { remaining: recovering.unwrap_or_default() })
             }
-            (Status::Busy { at, .. }, None) => Ok(Acquired::Contended(self.info(at, args.key, now))),
+            (Status::Busy { at, .. }, None) => match self.recovery_hold_left(at, now) {
+                Some(remaining) => Err(CoreError::Recovering { remaining }),
+                None => Ok(Acquired::Contended(self.info(at, args.key, now))),
+            },
             (Status::Free, Some(wait)) if recovering.is_some() => Ok(Acquired::Queued(self.enqueue(found, args, wait))),
             (Status::Free, _) => {
                 if !self.counters.try_add_lease(self.config.max_leases) {
@@ -157,7 +165,7 @@ impl<W> LockTable<W> {
         let not_found = || CoreError::LeaseNotFound { key: key.to_owned(), token };
         let Some(h) = self.store.find(key) else { return Err(not_found()) };
         self.settle(h, now);
-        if self.store.get(h).and_then(|e| e.holder.as_ref()).is_none_or(|x| x.token != token) {
+        if token == 0 || self.store.get(h).and_then(|e| e.holder.as_ref()).is_none_or(|x| x.token != token) {
             return Err(not_found());
         }
         Ok(self.refresh(h, ttl.map(nanos), now, key))
@@ -171,7 +179,8 @@ impl<W> LockTable<W> {
         let Some(h) = self.store.find(key) else { return false };
         self.settle(h, now);
         let Some(e) = self.store.get_mut(h) else { return false };
-        if e.holder.as_ref().is_none_or(|x| x.token != token) {
+        // Token 0 is a recovery hold's: no client can end it.
+        if token == 0 || e.holder.as_ref().is_none_or(|x| x.token != token) {
             return false;
         }
         e.holder = None;
@@ -303,6 +312,21 @@ impl<W> LockTable<W> {
         true
     }
 
+    /// Grants nothing on `key` before `until` (after a crash, a lease granted
+    /// before it may live until then): the key is held by a placeholder lease
+    /// with the [`RECOVERY_OWNER`] and token 0, which try-locks meet as
+    /// [`CoreError::Recovering`], waiters queue behind and which expires at
+    /// `until` like any lease (G3 machinery, timers and all). It shows in
+    /// [`LockTable::get`], [`LockTable::list`] and [`LockTable::leases`], so a
+    /// snapshot keeps it across a stop. Refused (false) when the key is held.
+    pub fn hold_key_until(&mut self, key: &str, until: Time, now: Time) -> bool {
+        let ttl = until.saturating_since(now);
+        self.restore(
+            &Lease { key: Arc::from(key), owner: Arc::from(RECOVERY_OWNER), token: 0, ttl, expires_at: until },
+            now,
+        )
+    }
+
     /// Answers every queued waiter with [`Effect::Closed`] (shutdown). Leases stay.
     pub fn close_waiters(&mut self) {
         for h in 0..self.store.handle_end() {
@@ -325,6 +349,12 @@ impl<W> LockTable<W> {
     }
 
     // ---- internals ----
+
+    /// The time left on the recovery hold of key `h`, if its holder is one.
+    fn recovery_hold_left(&self, h: u32, now: Time) -> Option<Duration> {
+        let x = self.store.get(h)?.holder.as_ref()?;
+        (x.token == 0 && x.expires_at > now).then(|| x.expires_at.saturating_since(now))
+    }
 
     fn recovering(&self, now: Time) -> Option<Duration> {
         self.grants_resume_at.filter(|t| *t > now).map(|t| t.saturating_since(now))

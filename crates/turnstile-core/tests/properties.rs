@@ -436,6 +436,31 @@ fn recovery_barrier_serves_waiters_behind_a_lease_that_ended_during_it() {
 }
 
 #[test]
+fn a_key_hold_refuses_try_locks_on_its_key_only_and_serves_waiters_at_its_end() {
+    let mut t = table();
+    let until = Time::from_millis(10_000);
+    assert!(t.hold_key_until("long", until, Time::ZERO));
+    assert!(!t.hold_key_until("long", until, Time::ZERO), "a key held back already is not held again");
+    assert_eq!(
+        t.acquire(&args("long", "a", SEC), None, Time::from_millis(4_000)),
+        Err(CoreError::Recovering { remaining: Duration::from_secs(6) })
+    );
+    let minute = Duration::from_secs(60);
+    assert!(matches!(t.acquire(&args("other", "a", minute), None, Time::from_millis(4_000)), Ok(Acquired::Granted(_))));
+    let shown = t.get("long", Time::from_millis(4_000)).holder.expect("shown as held");
+    assert_eq!((&*shown.owner, shown.token), (turnstile_core::RECOVERY_OWNER, 0));
+    assert!(!t.release("long", 0, None, Time::from_millis(4_000)), "nobody can release a hold");
+    queued(t.acquire(&args("long", "b", SEC), wait(Time::from_millis(20_000), 1), Time::from_millis(4_000)));
+    assert!(t.next_deadline().is_some_and(|d| d <= until), "the host is woken for the hold's end");
+    t.tick(until - Duration::from_nanos(1));
+    let early = drain(&mut t);
+    assert!(early.is_empty(), "{early:?}");
+    assert!(t.renew("long", 0, None, Time::from_millis(4_000)).is_err(), "nor renew it");
+    t.tick(until);
+    assert_eq!(drain(&mut t), vec![("expired", 0), ("granted", 1)]);
+}
+
+#[test]
 fn close_waiters_answers_every_waiter_with_closed_and_keeps_leases() {
     let mut t = table();
     granted(t.acquire(&args("k", "a", SEC), None, Time::ZERO));

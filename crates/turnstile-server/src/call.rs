@@ -16,6 +16,10 @@
 //!   passes on to the next waiter. A reply that was sent and lost afterwards
 //!   is not seen here: that lease runs out, and the owner's retry gets the
 //!   same lease back (G5).
+//! - **A request too large to decode** is refused by tonic's codec with
+//!   `OUT_OF_RANGE` before any handler runs; docs/design.md answers every
+//!   limit breach with `RESOURCE_EXHAUSTED`, so it is answered that way here,
+//!   naming the call that was too large (and, for a Release, its `result`).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -104,15 +108,32 @@ impl Drop for Armed {
     }
 }
 
-/// The [`tower::Layer`] of this module: deadlines and take-backs.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CallLayer;
+/// The [`tower::Layer`] of this module: deadlines, take-backs, size refusals.
+#[derive(Debug, Clone, Copy)]
+pub struct CallLayer {
+    limits: SizeLimits,
+}
+
+/// What a too-large request is told.
+#[derive(Debug, Clone, Copy)]
+struct SizeLimits {
+    max_result: usize,
+    max_request: usize,
+}
+
+impl CallLayer {
+    /// A layer for a server whose Release results may be `max_result` bytes
+    /// and whose requests may be `max_request` bytes in all.
+    pub fn new(max_result: usize, max_request: usize) -> Self {
+        CallLayer { limits: SizeLimits { max_result, max_request } }
+    }
+}
 
 impl<S> tower::Layer<S> for CallLayer {
     type Service = CallService<S>;
 
     fn layer(&self, inner: S) -> CallService<S> {
-        CallService { inner }
+        CallService { inner, limits: self.limits }
     }
 }
 
@@ -120,6 +141,7 @@ impl<S> tower::Layer<S> for CallLayer {
 #[derive(Debug, Clone)]
 pub struct CallService<S> {
     inner: S,
+    limits: SizeLimits,
 }
 
 impl<S, B> Service<Request<B>> for CallService<S>
@@ -142,6 +164,8 @@ where
         if let Some(d) = deadline {
             req.extensions_mut().insert(CallDeadline(d));
         }
+        let method = req.uri().path().to_owned();
+        let limits = self.limits;
         let call = self.inner.call(req);
         Box::pin(async move {
             let res = match deadline {
@@ -157,9 +181,43 @@ where
                     }
                 },
             };
-            Ok(guard_delivery(res))
+            Ok(guard_delivery(too_large_is_exhausted(res, &method, limits)))
         })
     }
+}
+
+/// Turns the codec's `OUT_OF_RANGE` for an oversized request into
+/// `RESOURCE_EXHAUSTED` naming what was too large. Only the codec answers
+/// `OUT_OF_RANGE` here.
+fn too_large_is_exhausted(mut res: Response<Body>, method: &str, limits: SizeLimits) -> Response<Body> {
+    if res.headers().get("grpc-status") != Some(&HeaderValue::from(tonic::Code::OutOfRange as i32)) {
+        return res;
+    }
+    let name = method.rsplit('/').next().unwrap_or(method);
+    let status = if method == "/turnstile.v1.LockService/Release" {
+        let message = format!(
+            "Release request too large: result may be at most {} bytes (--max-result-bytes); the release did not happen",
+            limits.max_result
+        );
+        let meta = [("field", "result".to_owned()), ("limit", limits.max_result.to_string())];
+        crate::error::status_with_info(tonic::Code::ResourceExhausted, message, "RESULT_TOO_LARGE", &meta)
+    } else {
+        let message = if method.starts_with("/turnstile.v1.LockService/") {
+            format!("{name} request too large: it may be at most {} bytes", limits.max_request)
+        } else {
+            format!("{name} request too large for {method}")
+        };
+        let meta = [("method", method.to_owned())];
+        crate::error::status_with_info(tonic::Code::ResourceExhausted, message, "REQUEST_TOO_LARGE", &meta)
+    };
+    // The codec's status travelled as headers only (no body): replace them.
+    let (parts, _) = status.into_http::<Body>().into_parts();
+    for (name, value) in parts.headers.iter() {
+        if name.as_str().starts_with("grpc-") {
+            res.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    res
 }
 
 /// Watches the body of a response that carries a [`TakeBack`].
@@ -242,10 +300,36 @@ mod tests {
         });
         let start = Instant::now();
         let req = Request::builder().header("grpc-timeout", "100m").body(()).expect("request");
-        let res = CallLayer.layer(slow).oneshot(req).await.expect("answered");
+        let res = CallLayer::new(10, 100).layer(slow).oneshot(req).await.expect("answered");
         assert_eq!(res.headers().get("grpc-status"), Some(&HeaderValue::from(tonic::Code::DeadlineExceeded as i32)));
         assert_eq!(*seen.lock().expect("lock"), Some(CallDeadline(start + Duration::from_millis(100))));
         assert_eq!(Instant::now() - start, Duration::from_millis(95), "answered ahead of tonic's own timer");
+    }
+
+    /// The codec's OUT_OF_RANGE for an oversized request becomes
+    /// RESOURCE_EXHAUSTED naming the call, and `result` only for a Release.
+    #[tokio::test]
+    async fn a_request_too_large_is_named_by_its_call() {
+        use tower::{Layer, ServiceExt};
+        let codec = tower::service_fn(|_: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(Status::out_of_range("decoded message length too large").into_http())
+        });
+        let layered = CallLayer::new(1024, 66_560).layer(codec);
+        for (path, says) in [
+            ("/turnstile.v1.LockService/Release", "result may be at most 1024 bytes"),
+            ("/turnstile.v1.LockService/Renew", "Renew request too large: it may be at most 66560 bytes"),
+            ("/grpc.health.v1.Health/Check", "Check request too large for /grpc.health.v1.Health/Check"),
+        ] {
+            let req = Request::builder().uri(path).body(()).expect("request");
+            let res = layered.clone().oneshot(req).await.expect("answered");
+            let status = Status::from_header_map(res.headers()).expect("a status");
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{path}");
+            assert!(status.message().contains(says), "{path}: {}", status.message());
+            assert_eq!(status.message().contains("result"), path.ends_with("Release"), "{path}");
+            use tonic_types::StatusExt;
+            let reason = status.get_details_error_info().expect("ErrorInfo").reason;
+            assert_eq!(reason, if path.ends_with("Release") { "RESULT_TOO_LARGE" } else { "REQUEST_TOO_LARGE" });
+        }
     }
 
     fn counting() -> (TakeBack, Arc<AtomicUsize>) {

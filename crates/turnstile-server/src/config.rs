@@ -32,11 +32,11 @@ pub enum BackendKind {
 #[command(name = "turnstiled", version, args_override_self = true)]
 pub struct Config {
     /// gRPC address to listen on (LockService, health, reflection). Port 0 picks a free port.
-    #[arg(long, env = "TURNSTILE_LISTEN", default_value = "127.0.0.1:7700")]
+    #[arg(long, env = "TURNSTILE_LISTEN", default_value = "127.0.0.1:7700", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
     /// HTTP address for /metrics (Prometheus), /healthz and /readyz. Port 0 picks a free port.
-    #[arg(long, env = "TURNSTILE_HTTP_LISTEN", default_value = "127.0.0.1:7701")]
+    #[arg(long, env = "TURNSTILE_HTTP_LISTEN", default_value = "127.0.0.1:7701", value_parser = parse_listen)]
     pub http_listen: SocketAddr,
 
     /// Where lock state lives: `memory` (this process, restart-safe through --data-dir)
@@ -106,6 +106,22 @@ pub struct Config {
     /// How far beyond a new lease expiry the persisted lease horizon is pushed.
     #[arg(long, env = "TURNSTILE_HORIZON_STEP", default_value = "10s", value_parser = parse_duration, hide_short_help = true)]
     pub horizon_step: Duration,
+
+    /// Leases with a longer TTL are recorded one by one in the state file, so that after a
+    /// crash only their own keys wait for them; shorter ones share one horizon, which a
+    /// crash makes every key wait for (at most this plus --horizon-step).
+    #[arg(long, env = "TURNSTILE_LONG_LEASE", default_value = "60s", value_parser = parse_duration, hide_short_help = true)]
+    pub long_lease: Duration,
+
+    /// Most keys recorded for long leases; past it a long lease is covered by the shared horizon.
+    #[arg(long, env = "TURNSTILE_MAX_LONG_LEASES", default_value_t = 1024, hide_short_help = true)]
+    pub max_long_leases: usize,
+
+    /// After a crash, grant at once instead of waiting for leases the crashed process may
+    /// have granted. Only when you know every holder from before the crash has stopped:
+    /// mutual exclusion is then yours to ensure. Tokens are never reused either way.
+    #[arg(long, env = "TURNSTILE_OVERRIDE_RECOVERY")]
+    pub override_recovery: bool,
 
     /// Log format.
     #[arg(long, env = "TURNSTILE_LOG_FORMAT", value_enum, default_value = "text")]
@@ -182,6 +198,23 @@ impl Config {
     }
 }
 
+/// A listen address: `IP:PORT`, or `HOST:PORT` resolved now (`localhost:7700`;
+/// an IPv4 address is preferred when the name has both).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> =
+        s.to_socket_addrs().map_err(|e| format!("{s:?} is not IP:PORT or HOST:PORT that resolves ({e})"))?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
 /// A data dir path; unlike clap's `PathBuf` parser this accepts the empty
 /// value that disables state.
 fn parse_data_dir(s: &str) -> Result<PathBuf, String> {
@@ -222,6 +255,16 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().flag, "min-ttl");
         let c = parse(&["--default-ttl", "2h"]);
         assert_eq!(c.validate().unwrap_err().flag, "default-ttl");
+    }
+
+    #[test]
+    fn listen_takes_a_host_name_or_an_address_and_names_a_bad_one() {
+        let c = Config::try_parse_from(["turnstiled", "--listen", "localhost:7700"]).expect("localhost parses");
+        assert!(c.listen.ip().is_loopback() && c.listen.port() == 7700, "{}", c.listen);
+        let c = Config::try_parse_from(["turnstiled", "--http-listen", "[::1]:0"]).expect("IPv6 parses");
+        assert!(c.http_listen.is_ipv6());
+        let e = Config::try_parse_from(["turnstiled", "--listen", "no port here"]).unwrap_err().to_string();
+        assert!(e.contains("--listen") && e.contains("no port here"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 use turnstile_core::CoreError;
 
 /// A request field that failed validation (G8).
@@ -59,29 +60,79 @@ impl BackendError {
     }
 }
 
+/// The domain of every `google.rpc.ErrorInfo` turnstile sends.
+pub const ERROR_DOMAIN: &str = "turnstile.v1";
+
+/// A status carrying a `google.rpc.ErrorInfo` (and more details), so that
+/// clients act on `reason` and `metadata` instead of parsing the message.
+pub fn status_with_info(code: Code, message: String, reason: &str, metadata: &[(&str, String)]) -> Status {
+    status_with_details(code, message, info(reason, metadata))
+}
+
+fn info(reason: &str, metadata: &[(&str, String)]) -> ErrorDetails {
+    let metadata: std::collections::HashMap<String, String> =
+        metadata.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+    ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata)
+}
+
+fn status_with_details(code: Code, message: String, details: ErrorDetails) -> Status {
+    Status::with_error_details(code, message, details)
+}
+
 impl From<InvalidArgument> for Status {
+    /// `INVALID_ARGUMENT` with a `google.rpc.BadRequest` naming the field.
     fn from(e: InvalidArgument) -> Status {
-        Status::invalid_argument(e.to_string())
+        let details = ErrorDetails::with_bad_request_violation(e.field, e.reason.clone());
+        status_with_details(Code::InvalidArgument, e.to_string(), details)
     }
 }
 
 impl From<BackendError> for Status {
+    /// The one mapping of docs/design.md's status codes, each with an
+    /// `ErrorInfo` whose reason names the case (`TOO_MANY_WAITERS`,
+    /// `RECOVERING` with a `RetryInfo`, ...).
     fn from(e: BackendError) -> Status {
-        let code = match &e {
-            BackendError::Core(CoreError::TooManyWaiters { .. } | CoreError::TooManyLeases { .. })
-            | BackendError::ResultTooLarge { .. } => Code::ResourceExhausted,
-            BackendError::Core(CoreError::LeaseNotFound { .. }) => Code::NotFound,
+        let message = e.to_string();
+        match &e {
+            BackendError::Core(CoreError::TooManyWaiters { key, limit }) => status_with_info(
+                Code::ResourceExhausted,
+                message,
+                "TOO_MANY_WAITERS",
+                &[("key", key.clone()), ("limit", limit.to_string())],
+            ),
+            BackendError::Core(CoreError::TooManyLeases { limit }) => {
+                status_with_info(Code::ResourceExhausted, message, "TOO_MANY_LEASES", &[("limit", limit.to_string())])
+            }
+            BackendError::ResultTooLarge { size, limit } => status_with_info(
+                Code::ResourceExhausted,
+                message,
+                "RESULT_TOO_LARGE",
+                &[("field", "result".into()), ("size", size.to_string()), ("limit", limit.to_string())],
+            ),
+            BackendError::Core(CoreError::LeaseNotFound { key, token }) => status_with_info(
+                Code::NotFound,
+                message,
+                "LEASE_NOT_FOUND",
+                &[("key", key.clone()), ("fencing_token", token.to_string())],
+            ),
             BackendError::Core(CoreError::Recovering { remaining }) => {
-                return Status::unavailable(format!(
-                    "recovering after a restart: no lease is granted for {} more seconds, so that none can overlap a lease granted before the crash",
-                    ceil_secs(*remaining)
-                ));
+                let secs = ceil_secs(*remaining);
+                let mut details = info("RECOVERING", &[("seconds_left", secs.to_string())]);
+                details.set_retry_info(Some(*remaining));
+                status_with_details(
+                    Code::Unavailable,
+                    format!(
+                        "recovering after a restart: no lease is granted for {secs} more seconds, so that none can overlap a lease granted before the crash"
+                    ),
+                    details,
+                )
             }
-            BackendError::ShuttingDown | BackendError::Unavailable { .. } | BackendError::Persist(_) => {
-                Code::Unavailable
+            BackendError::ShuttingDown => status_with_info(Code::Unavailable, message, "SHUTTING_DOWN", &[]),
+            BackendError::Unavailable { .. } => {
+                status_with_info(Code::Unavailable, message, "BACKEND_UNAVAILABLE", &[])
             }
-        };
-        Status::new(code, e.to_string())
+            BackendError::Persist(_) => status_with_info(Code::Unavailable, message, "STATE_NOT_WRITABLE", &[]),
+        }
     }
 }
 
@@ -108,5 +159,22 @@ mod tests {
         let s = Status::from(InvalidArgument { field: "key", reason: "is empty".into() });
         assert_eq!(s.code(), Code::InvalidArgument);
         assert_eq!(s.message(), "invalid key: is empty");
+    }
+
+    #[test]
+    fn statuses_carry_structured_details() {
+        let s = Status::from(InvalidArgument { field: "ttl", reason: "must not be negative".into() });
+        let bad = s.get_details_bad_request().expect("BadRequest");
+        assert_eq!(
+            (bad.field_violations[0].field.as_str(), bad.field_violations[0].description.as_str()),
+            ("ttl", "must not be negative")
+        );
+        let s = Status::from(BackendError::Core(CoreError::TooManyWaiters { key: "k".into(), limit: 7 }));
+        let info = s.get_details_error_info().expect("ErrorInfo");
+        assert_eq!((info.reason.as_str(), info.domain.as_str()), ("TOO_MANY_WAITERS", ERROR_DOMAIN));
+        assert_eq!(info.metadata.get("limit").map(String::as_str), Some("7"));
+        let s = Status::from(BackendError::Core(CoreError::Recovering { remaining: Duration::from_secs(9) }));
+        assert_eq!(s.get_details_error_info().expect("ErrorInfo").reason, "RECOVERING");
+        assert_eq!(s.get_details_retry_info().and_then(|r| r.retry_delay), Some(Duration::from_secs(9)));
     }
 }

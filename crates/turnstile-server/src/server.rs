@@ -73,6 +73,20 @@ pub async fn run<B: Backend>(
     };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<LockServiceServer<LockServiceImpl<B>>>().await;
+    // Nothing can be granted while recovering after a crash: NOT_SERVING
+    // until grants resume (reads and renews are answered meanwhile).
+    let mut recovery_watch = None;
+    if let Some(left) = backend.recovery_left() {
+        health.set_not_serving::<LockServiceServer<LockServiceImpl<B>>>().await;
+        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        let health = health.clone();
+        recovery_watch = Some(tokio::spawn(async move {
+            tokio::time::sleep(left).await;
+            health.set_serving::<LockServiceServer<LockServiceImpl<B>>>().await;
+            health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+            tracing::info!("recovery over: granting again");
+        }));
+    }
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(turnstile_proto::FILE_DESCRIPTOR_SET)
@@ -86,10 +100,8 @@ pub async fn run<B: Backend>(
         .max_decoding_message_size(decode_limit);
 
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
-    let max_result = config.max_result_bytes;
     let grpc_server = tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(move |res| too_large_is_exhausted(res, max_result)))
-        .layer(crate::call::CallLayer)
+        .layer(crate::call::CallLayer::new(config.max_result_bytes, decode_limit))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -125,6 +137,9 @@ pub async fn run<B: Backend>(
         }
     }
     tracing::info!("shutting down: refusing new calls, answering waiters, finishing in-flight calls");
+    if let Some(w) = recovery_watch {
+        w.abort();
+    }
     state.serving.store(false, Ordering::Release);
     health.set_not_serving::<LockServiceServer<LockServiceImpl<B>>>().await;
     // "" is the server as a whole, which is what most probes ask about.
@@ -148,11 +163,34 @@ pub async fn run<B: Backend>(
     Ok(())
 }
 
-async fn metrics_handler<B: Backend>(State(s): State<Arc<Http<B>>>) -> String {
+/// `/metrics`: OpenMetrics when the scraper asks for it (Prometheus does),
+/// else the Prometheus text format, each with its Content-Type.
+async fn metrics_handler<B: Backend>(
+    State(s): State<Arc<Http<B>>>,
+    headers: axum::http::HeaderMap,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     if let Some(n) = (s.leases_held)() {
         s.metrics.leases_held.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
-    s.metrics.encode()
+    let m = &s.metrics;
+    let left = s.backend.recovery_left().map_or(0, crate::error::ceil_secs);
+    m.recovery_seconds_left.set(i64::try_from(left).unwrap_or(i64::MAX));
+    m.keys_held_back.set(i64::try_from(s.backend.keys_held_back()).unwrap_or(i64::MAX));
+    let writes = s.backend.state_writes();
+    m.state_writes.inc_by(writes.saturating_sub(m.state_writes.get()));
+    // Down: the backend cannot serve for a reason other than crash recovery
+    // (its store unreachable or unwritable).
+    let down = s.backend.unready().is_some() && s.backend.recovery_left().is_none();
+    m.backend_up.set(i64::from(!down));
+    let wants_openmetrics = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        ([(axum::http::header::CONTENT_TYPE, crate::telemetry::OPENMETRICS)], s.metrics.encode())
+    } else {
+        ([(axum::http::header::CONTENT_TYPE, crate::telemetry::PROMETHEUS_TEXT)], s.metrics.encode_text())
+    }
 }
 
 async fn ready_handler<B: Backend>(State(s): State<Arc<Http<B>>>) -> (StatusCode, String) {
@@ -167,27 +205,4 @@ async fn ready_handler<B: Backend>(State(s): State<Arc<Http<B>>>) -> (StatusCode
         Some(why) => (StatusCode::OK, format!("ready, {why}\n")),
         None => (StatusCode::OK, "ready\n".into()),
     }
-}
-
-/// tonic's codec refuses a request over the decoding limit with
-/// `OUT_OF_RANGE` before any handler runs; docs/design.md answers every limit
-/// breach with `RESOURCE_EXHAUSTED` naming the field. Only the codec answers
-/// `OUT_OF_RANGE` here, and only a large `result` can make a request that big.
-fn too_large_is_exhausted(
-    mut res: tonic::codegen::http::Response<tonic::body::Body>,
-    max_result: usize,
-) -> tonic::codegen::http::Response<tonic::body::Body> {
-    use tonic::codegen::http::HeaderValue;
-    let out_of_range = HeaderValue::from(tonic::Code::OutOfRange as i32);
-    if res.headers().get("grpc-status") == Some(&out_of_range) {
-        let message = format!(
-            "request too large: result may be at most {max_result} bytes (max result bytes); the release did not happen"
-        );
-        if let Ok(message) = HeaderValue::from_str(&message) {
-            let headers = res.headers_mut();
-            headers.insert("grpc-status", HeaderValue::from(tonic::Code::ResourceExhausted as i32));
-            headers.insert("grpc-message", message);
-        }
-    }
-    res
 }

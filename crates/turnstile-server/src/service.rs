@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use turnstile_proto::v1::{self, lock_service_server::LockService};
 
@@ -65,15 +66,11 @@ impl<B: Backend> LockServiceImpl<B> {
         })
     }
 
-    /// Counts refused calls by RPC and code.
-    fn observe<T>(&self, rpc: &'static str, res: Result<T, Status>) -> Result<Response<T>, Status> {
-        match res {
-            Ok(v) => Ok(Response::new(v)),
-            Err(s) => {
-                self.metrics.error(rpc, s.code());
-                Err(s)
-            }
-        }
+    /// Counts the call by RPC and status code, with its latency since `started`.
+    fn observe<T>(&self, rpc: &'static str, started: Instant, res: Result<T, Status>) -> Result<Response<T>, Status> {
+        let code = res.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.metrics.call(rpc, code, started.elapsed());
+        res.map(Response::new)
     }
 
     /// The answer, and a take-back when it hands out a new lease.
@@ -110,7 +107,14 @@ impl<B: Backend> LockServiceImpl<B> {
 
     async fn renew_inner(&self, req: v1::RenewRequest) -> Result<v1::RenewResponse, Status> {
         let (key, token, ttl) = validate::renew(&req, &self.limits)?;
-        let grant = self.backend.renew(key, token, ttl).await?;
+        let grant = match self.backend.renew(key, token, ttl).await {
+            Ok(g) => g,
+            Err(e @ BackendError::Core(turnstile_core::CoreError::LeaseNotFound { .. })) => {
+                self.metrics.renew_not_found.inc();
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.metrics.renewed.inc();
         Ok(v1::RenewResponse { lease: Some((&grant).into()) })
     }
@@ -125,6 +129,8 @@ impl<B: Backend> LockServiceImpl<B> {
         let released = self.backend.release(key, token, req.result).await?;
         if released {
             self.metrics.released.inc();
+        } else {
+            self.metrics.release_already_ended.inc();
         }
         Ok(v1::ReleaseResponse { released })
     }
@@ -132,10 +138,10 @@ impl<B: Backend> LockServiceImpl<B> {
     async fn list_inner(&self, req: v1::ListLocksRequest) -> Result<v1::ListLocksResponse, Status> {
         let (prefix, after, size) = validate::list(&req)?;
         // One more than a page tells whether another page follows.
-        let mut locks = self.backend.list(prefix, after, size + 1).await?;
+        let mut locks = self.backend.list(prefix.clone(), after, size + 1).await?;
         let next_page_token = if locks.len() > size {
             locks.truncate(size);
-            locks.last().map(|l| l.key.to_string()).unwrap_or_default()
+            locks.last().map(|l| validate::page_token::encode(&prefix, &l.key)).unwrap_or_default()
         } else {
             String::new()
         };
@@ -146,13 +152,14 @@ impl<B: Backend> LockServiceImpl<B> {
 #[tonic::async_trait]
 impl<B: Backend> LockService for LockServiceImpl<B> {
     async fn acquire(&self, request: Request<v1::AcquireRequest>) -> Result<Response<v1::AcquireResponse>, Status> {
+        let started = Instant::now();
         let deadline = request.extensions().get::<CallDeadline>().copied();
         let res = self.acquire_inner(request.into_inner(), deadline).await;
         let (res, take_back) = match res {
             Ok((r, t)) => (Ok(r), t),
             Err(e) => (Err(e), None),
         };
-        let mut res = self.observe("Acquire", res)?;
+        let mut res = self.observe("Acquire", started, res)?;
         if let Some(t) = take_back {
             // From here on, a reply that does not reach the wire releases the
             // lease (crate::call); dropped with it before, it does too.
@@ -162,29 +169,33 @@ impl<B: Backend> LockService for LockServiceImpl<B> {
     }
 
     async fn renew(&self, request: Request<v1::RenewRequest>) -> Result<Response<v1::RenewResponse>, Status> {
+        let started = Instant::now();
         let res = self.renew_inner(request.into_inner()).await;
-        self.observe("Renew", res)
+        self.observe("Renew", started, res)
     }
 
     async fn release(&self, request: Request<v1::ReleaseRequest>) -> Result<Response<v1::ReleaseResponse>, Status> {
+        let started = Instant::now();
         let res = self.release_inner(request.into_inner()).await;
-        self.observe("Release", res)
+        self.observe("Release", started, res)
     }
 
     async fn get_lock(&self, request: Request<v1::GetLockRequest>) -> Result<Response<v1::LockInfo>, Status> {
+        let started = Instant::now();
         let req = request.into_inner();
         let res = match validate::key("key", &req.key) {
             Ok(()) => self.backend.get(req.key).await.map(|i| lock_info(&i)).map_err(Status::from),
             Err(e) => Err(e.into()),
         };
-        self.observe("GetLock", res)
+        self.observe("GetLock", started, res)
     }
 
     async fn list_locks(
         &self,
         request: Request<v1::ListLocksRequest>,
     ) -> Result<Response<v1::ListLocksResponse>, Status> {
+        let started = Instant::now();
         let res = self.list_inner(request.into_inner()).await;
-        self.observe("ListLocks", res)
+        self.observe("ListLocks", started, res)
     }
 }

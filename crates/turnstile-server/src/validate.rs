@@ -36,7 +36,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidArgument {
     InvalidArgument { field, reason: reason.into() }
 }
 
-/// A key: 1–512 bytes of UTF-8 without control characters.
+/// A key: 1–512 bytes of UTF-8 without control or invisible characters.
 pub fn key(field: &'static str, key: &str) -> Result<(), InvalidArgument> {
     if key.is_empty() {
         return Err(invalid(field, "must not be empty"));
@@ -44,14 +44,12 @@ pub fn key(field: &'static str, key: &str) -> Result<(), InvalidArgument> {
     if key.len() > MAX_KEY_BYTES {
         return Err(invalid(field, format!("is {} bytes, more than the maximum of {MAX_KEY_BYTES}", key.len())));
     }
-    if let Some(c) = key.chars().find(|c| c.is_control()) {
-        return Err(invalid(field, format!("contains the control character {c:?}")));
-    }
-    Ok(())
+    printable(field, key)
 }
 
-/// An owner: 1–256 bytes of UTF-8 without control characters (owners appear
-/// in logs and tables, where a control character could forge a line).
+/// An owner: 1–256 bytes of UTF-8 without control or invisible characters
+/// (owners appear in logs and tables, where such a character could forge a
+/// line or disguise a name).
 pub fn owner(owner: &str) -> Result<(), InvalidArgument> {
     if owner.is_empty() {
         return Err(invalid("owner", "must not be empty"));
@@ -59,10 +57,30 @@ pub fn owner(owner: &str) -> Result<(), InvalidArgument> {
     if owner.len() > MAX_OWNER_BYTES {
         return Err(invalid("owner", format!("is {} bytes, more than the maximum of {MAX_OWNER_BYTES}", owner.len())));
     }
-    if let Some(c) = owner.chars().find(|c| c.is_control()) {
-        return Err(invalid("owner", format!("contains the control character {c:?}")));
+    printable("owner", owner)
+}
+
+/// Refuses control characters, and characters that are invisible or reorder
+/// text (bidi controls such as U+202E, zero-width ones such as U+200B, line
+/// and paragraph separators U+2028/U+2029): a key or owner shown by `ls`,
+/// grpcurl or a log must read as what it is.
+fn printable(field: &'static str, s: &str) -> Result<(), InvalidArgument> {
+    match s.chars().find(|&c| c.is_control() || invisible(c)) {
+        Some(c) if c.is_control() => Err(invalid(field, format!("contains the control character {c:?}"))),
+        Some(c) => {
+            Err(invalid(field, format!("contains U+{:04X}, an invisible or text-direction character", u32::from(c))))
+        }
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Unicode format, separator and filler characters that render as nothing
+/// or change the order in which text around them is shown.
+fn invisible(c: char) -> bool {
+    matches!(u32::from(c),
+        0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x2028..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F
+        | 0xFEFF | 0xFFA0 | 0xFFF9..=0xFFFB | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
 }
 
 /// A protobuf duration that is well-formed and not negative.
@@ -129,25 +147,63 @@ pub fn list(req: &v1::ListLocksRequest) -> Result<(String, Option<String>, usize
             format!("is {} bytes, more than the maximum of {MAX_KEY_BYTES}", req.prefix.len()),
         ));
     }
-    // No key holds a control character, so such a prefix is a mistake.
-    if let Some(c) = req.prefix.chars().find(|c| c.is_control()) {
-        return Err(invalid("prefix", format!("contains the control character {c:?}")));
+    // No key holds such a character, so such a prefix is a mistake.
+    if !req.prefix.is_empty() {
+        printable("prefix", &req.prefix)?;
     }
-    let after = if req.page_token.is_empty() {
-        None
-    } else {
-        key("page_token", &req.page_token)
-            .map_err(|_| invalid("page_token", "is not a next_page_token this server returned"))?;
-        if !req.page_token.starts_with(&req.prefix) {
-            return Err(invalid("page_token", "belongs to a listing with another prefix"));
-        }
-        Some(req.page_token.clone())
-    };
+    let after = if req.page_token.is_empty() { None } else { Some(page_token::decode(&req.prefix, &req.page_token)?) };
     let size = match req.page_size as usize {
         0 => DEFAULT_PAGE_SIZE,
         n => n.min(MAX_PAGE_SIZE),
     };
     Ok((req.prefix.clone(), after, size))
+}
+
+/// ListLocks page tokens: opaque to clients, checked by the server. A token
+/// is the last key of a page in hex, and a checksum over it and the listing's
+/// prefix, so garbage, a truncated token or one from another listing is
+/// `INVALID_ARGUMENT` rather than an empty or wrong page.
+pub mod page_token {
+    use super::{invalid, key, InvalidArgument};
+
+    /// The token that continues a listing of `prefix` after `last`.
+    pub fn encode(prefix: &str, last: &str) -> String {
+        let mut t = String::with_capacity(last.len() * 2 + 9);
+        for b in last.bytes() {
+            t.push_str(&format!("{b:02x}"));
+        }
+        t.push_str(&format!(".{:08x}", check(prefix, last)));
+        t
+    }
+
+    /// The key a listing of `prefix` continues after, from a token of [`encode`].
+    pub fn decode(prefix: &str, token: &str) -> Result<String, InvalidArgument> {
+        let bad = || invalid("page_token", "is not a next_page_token this server returned for this prefix");
+        let (hex, sum) = token.split_once('.').ok_or_else(bad)?;
+        if hex.len() % 2 != 0 || sum.len() != 8 {
+            return Err(bad());
+        }
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(bad)?;
+        let last = String::from_utf8(bytes).map_err(|_| bad())?;
+        if u32::from_str_radix(sum, 16).ok() != Some(check(prefix, &last)) || !last.starts_with(prefix) {
+            return Err(bad());
+        }
+        key("page_token", &last).map_err(|_| bad())?;
+        Ok(last)
+    }
+
+    /// FNV-1a over the prefix, a separator and the key.
+    fn check(prefix: &str, last: &str) -> u32 {
+        prefix
+            .bytes()
+            .chain([0xff])
+            .chain(last.bytes())
+            .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    }
 }
 
 #[cfg(test)]
@@ -223,9 +279,29 @@ mod tests {
         assert_eq!(list(&r).unwrap_err().field, "prefix");
         let r = v1::ListLocksRequest { prefix: "a\n".into(), ..Default::default() };
         assert_eq!(list(&r).unwrap_err().field, "prefix");
-        let r = v1::ListLocksRequest { prefix: "a:".into(), page_token: "b:1".into(), page_size: 0 };
+        let r = v1::ListLocksRequest { prefix: "a:".into(), page_token: page_token::encode("b:", "b:1"), page_size: 0 };
         assert_eq!(list(&r).unwrap_err().field, "page_token");
-        let r = v1::ListLocksRequest { prefix: "a:".into(), page_token: "a:1".into(), page_size: 5000 };
+        for garbage in ["zzz", "a:1", "613a31", "613a31.00000000", "613.12345678", ".", "zz.zzzzzzzz"] {
+            let r = v1::ListLocksRequest { prefix: "a:".into(), page_token: garbage.into(), page_size: 0 };
+            assert_eq!(list(&r).unwrap_err().field, "page_token", "{garbage:?}");
+        }
+        let round = page_token::encode("a:", "a:ü/1");
+        assert_eq!(page_token::decode("a:", &round).unwrap(), "a:ü/1");
+    }
+
+    #[test]
+    fn invisible_and_bidi_characters_are_refused_in_keys_owners_and_prefixes() {
+        for c in ['\u{202E}', '\u{200B}', '\u{2028}', '\u{FEFF}', '\u{2066}', '\u{E0041}'] {
+            let s = format!("pay{c}ment");
+            let e = key("key", &s).unwrap_err();
+            assert!(e.reason.contains(&format!("U+{:04X}", u32::from(c))), "{e}");
+            assert_eq!(owner(&s).unwrap_err().field, "owner");
+            let r = v1::ListLocksRequest { prefix: s, ..Default::default() };
+            assert_eq!(list(&r).unwrap_err().field, "prefix");
+        }
+        assert!(key("key", "paiement:42/ü/日本").is_ok(), "ordinary non-ASCII text is fine");
+        let r =
+            v1::ListLocksRequest { prefix: "a:".into(), page_token: page_token::encode("a:", "a:1"), page_size: 5000 };
         assert_eq!(list(&r).unwrap(), ("a:".into(), Some("a:1".into()), MAX_PAGE_SIZE));
     }
 }

@@ -3,17 +3,11 @@
 //! on a port-0 listener, real gRPC over loopback, on a multi-threaded
 //! runtime so that the transport and the handlers race as in production.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
-use tokio::net::TcpListener;
 use tonic::transport::Channel;
 use tonic::Code;
 use turnstile_proto::v1::{self, lock_service_client::LockServiceClient};
-use turnstile_server::backend::memory::MemoryBackend;
-use turnstile_server::config::Config;
-use turnstile_server::telemetry::Metrics;
 
 /// The two races below each load both cores on purpose; run one at a time,
 /// so that neither delays the other's calls by more than the margin.
@@ -22,29 +16,14 @@ static ONE_RACE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_ne
 /// One deadline race: the key, B's answer (acquired, or the call's code), and whether the key ended free.
 type DeadlineRace = (String, Result<bool, Code>, bool);
 
-/// A server in this process; stops when dropped.
-struct Server {
-    url: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
+/// The conformance suite's way to run the memory backend in this process.
+#[allow(dead_code)] // this test uses only part of it
+#[path = "conformance/node.rs"]
+mod node;
 
-async fn server() -> Server {
-    let config = Config::parse_from(["turnstiled", "--data-dir", ""]);
-    let metrics = Arc::new(Metrics::new());
-    let backend = Arc::new(MemoryBackend::start(&config, metrics.clone()).expect("memory backend"));
-    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", grpc.local_addr().expect("addr"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        turnstile_server::server::run(backend, &config, metrics, Box::new(|| None), grpc, http, shutdown)
-            .await
-            .expect("server");
-    });
-    Server { url, _stop: stop }
+/// A server in this process, on a runtime of its own; killed when dropped.
+fn server() -> node::Node {
+    node::memory_in_process(&["--data-dir".to_owned(), String::new()])
 }
 
 fn pd(d: Duration) -> prost_types::Duration {
@@ -124,9 +103,9 @@ fn start_call(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g6_a_grant_racing_the_waiters_reset_never_leaves_a_ghost() {
     let _one = ONE_RACE_AT_A_TIME.lock().await;
-    let s = server().await;
-    let addr = s.url.trim_start_matches("http://").to_owned();
-    let c = LockServiceClient::connect(s.url.clone()).await.expect("connect");
+    let s = server();
+    let addr = s.url().trim_start_matches("http://").to_owned();
+    let c = LockServiceClient::connect(s.url()).await.expect("connect");
     const RACES: usize = 300;
     let mut tasks = Vec::new();
     for i in 0..RACES {
@@ -172,8 +151,8 @@ async fn g6_a_grant_racing_the_waiters_reset_never_leaves_a_ghost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g6_a_wait_ends_before_the_calls_deadline_so_a_late_release_leaves_no_ghost() {
     let _one = ONE_RACE_AT_A_TIME.lock().await;
-    let s = server().await;
-    let c = LockServiceClient::connect(s.url.clone()).await.expect("connect");
+    let s = server();
+    let c = LockServiceClient::connect(s.url()).await.expect("connect");
     const RACES: usize = 90;
     let deadline = Duration::from_millis(200);
     let mut tasks: Vec<tokio::task::JoinHandle<DeadlineRace>> = Vec::new();

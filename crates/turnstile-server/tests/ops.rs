@@ -22,13 +22,19 @@ fn acquire(key: &str, owner: &str, wait_secs: i64) -> v1::AcquireRequest {
 
 /// A plain HTTP/1.1 GET; returns (status code, body).
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (code, _, body) = http_get_full(addr, path);
+    (code, body)
+}
+
+/// A plain HTTP/1.1 GET; returns (status code, header lines, body).
+fn http_get_full(addr: SocketAddr, path: &str) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).expect("connect http");
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("write");
     let mut resp = String::new();
     s.read_to_string(&mut resp).expect("read");
     let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (code, body)
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    (code, head.to_owned(), body.to_owned())
 }
 
 #[tokio::test]
@@ -65,6 +71,55 @@ fn http_serves_metrics_healthz_and_readyz() {
     assert!(body.contains("turnstile_leases_held 0"), "{body}");
 }
 
+/// The exposition passes `promtool check metrics` (Debian's `prometheus`
+/// package; scripts/test.sh installs it) and is served with the Content-Type
+/// of its format (Prometheus text unless the scraper asks for OpenMetrics),
+/// after traffic has filled counters and histograms.
+#[tokio::test]
+async fn metrics_pass_promtool_and_say_their_format() {
+    let promtool = std::process::Command::new("promtool").arg("--version").output();
+    assert!(
+        promtool.is_ok_and(|o| o.status.success()),
+        "promtool not found: install Debian's prometheus package (apt-get install --no-install-recommends prometheus), as scripts/test.sh does"
+    );
+    let node = Turnstiled::start(["--data-dir", ""]);
+    let mut c = LockServiceClient::connect(node.url()).await.unwrap();
+    let lease = c.acquire(acquire("m", "a", 0)).await.unwrap().into_inner().lease.unwrap();
+    let waiter = {
+        let mut c = c.clone();
+        tokio::spawn(async move { c.acquire(acquire("m", "b", 30)).await })
+    };
+    while c.get_lock(v1::GetLockRequest { key: "m".into() }).await.unwrap().into_inner().waiters != 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.release(v1::ReleaseRequest { key: "m".into(), fencing_token: lease.fencing_token, result: None }).await.unwrap();
+    assert!(waiter.await.unwrap().unwrap().into_inner().acquired);
+    let _ = c.renew(v1::RenewRequest { key: "m".into(), fencing_token: 999, ttl: None }).await;
+    let (code, head, body) = http_get_full(node.http, "/metrics");
+    assert_eq!(code, 200);
+    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
+    for series in [
+        "turnstile_handoff_seconds_count 1",
+        "turnstile_wait_seconds_count 1",
+        "turnstile_waiters 0",
+        "turnstile_renew_total{outcome=\"not_found\"} 1",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(body.contains(series), "{series} missing in\n{body}");
+    }
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    check.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("feed promtool");
+    let out = check.wait_with_output().expect("promtool");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{body}");
+}
+
 #[tokio::test]
 async fn metrics_count_grants_and_refusals() {
     let node = Turnstiled::start(["--data-dir", ""]);
@@ -75,7 +130,9 @@ async fn metrics_count_grants_and_refusals() {
     let body = http_get(node.http, "/metrics").1;
     assert!(body.contains("turnstile_acquire_total{outcome=\"acquired\"} 1"), "{body}");
     assert!(body.contains("turnstile_acquire_total{outcome=\"contended\"} 1"), "{body}");
-    assert!(body.contains("turnstile_errors_total{rpc=\"Acquire\",code=\"InvalidArgument\"} 1"), "{body}");
+    assert!(body.contains("turnstile_calls_total{rpc=\"Acquire\",code=\"InvalidArgument\"} 1"), "{body}");
+    assert!(body.contains("turnstile_calls_total{rpc=\"Acquire\",code=\"Ok\"} 2"), "{body}");
+    assert!(body.contains("turnstile_call_seconds_count{rpc=\"Acquire\"} 3"), "{body}");
     assert!(body.contains("turnstile_leases_held 1"), "{body}");
 }
 
@@ -123,8 +180,23 @@ fn invalid_settings_are_refused_naming_the_flag() {
     assert!(err.contains("--min-ttl"), "{err}");
 }
 
+/// The serving status of the server as a whole and of the LockService.
+async fn health(node: &Turnstiled) -> Vec<tonic_health::pb::health_check_response::ServingStatus> {
+    let ch = tonic::transport::Endpoint::from_shared(node.url()).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+    let mut out = Vec::new();
+    for service in ["", "turnstile.v1.LockService"] {
+        let r = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap();
+        out.push(r.into_inner().status());
+    }
+    out
+}
+
+/// While nothing can be granted after a crash, /readyz is 503, gRPC health
+/// NOT_SERVING, and a gauge counts the seconds left.
 #[tokio::test]
-async fn readyz_says_when_grants_wait_for_crash_recovery() {
+async fn recovery_is_visible_as_not_ready_not_serving_and_a_gauge() {
+    use tonic_health::pb::health_check_response::ServingStatus;
     let dir = TempDir::new("ops-recovery");
     let path = dir.path().to_str().unwrap().to_owned();
     let node = Turnstiled::start(["--data-dir", &path]);
@@ -133,8 +205,62 @@ async fn readyz_says_when_grants_wait_for_crash_recovery() {
     node.kill();
     let node = Turnstiled::start(["--data-dir", &path]);
     let (code, body) = http_get(node.http, "/readyz");
-    assert_eq!(code, 200, "reads and renews are served while recovering");
+    assert_eq!(code, 503, "{body}");
     assert!(body.contains("recovering") && body.contains(" s"), "{body}");
+    assert_eq!(health(&node).await, vec![ServingStatus::NotServing; 2]);
+    let metrics = http_get(node.http, "/metrics").1;
+    let left: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("turnstile_recovery_seconds_left "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!((30..=41).contains(&left), "{left} s left of a 30 s lease plus the 10 s step");
+}
+
+/// When recovery ends, gRPC health turns SERVING and /readyz ready again,
+/// by themselves.
+#[tokio::test]
+async fn health_turns_serving_when_recovery_ends() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let dir = TempDir::new("ops-recovery-ends");
+    let path = dir.path().to_str().unwrap().to_owned();
+    let args = ["--data-dir", &path, "--horizon-step", "100ms"];
+    let node = Turnstiled::start(args);
+    let mut c = LockServiceClient::connect(node.url()).await.unwrap();
+    let mut short = acquire("k", "holder", 0);
+    short.ttl = Some(prost_types::Duration { seconds: 1, nanos: 0 });
+    assert!(c.acquire(short).await.unwrap().into_inner().acquired);
+    node.kill();
+    let node = Turnstiled::start(args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while health(&node).await != vec![ServingStatus::Serving; 2] {
+        assert!(std::time::Instant::now() < deadline, "still NOT_SERVING long after a 1 s lease ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(http_get(node.http, "/readyz"), (200, "ready\n".into()));
+}
+
+/// A crash with only a long lease held holds back that key alone: the
+/// server is ready and SERVING, and says how many keys wait.
+#[tokio::test]
+async fn a_crash_with_a_long_lease_held_back_keeps_the_server_ready() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let dir = TempDir::new("ops-key-hold");
+    let path = dir.path().to_str().unwrap().to_owned();
+    let node = Turnstiled::start(["--data-dir", &path, "--long-lease", "10s"]);
+    let mut c = LockServiceClient::connect(node.url()).await.unwrap();
+    assert!(c.acquire(acquire("long", "holder", 0)).await.unwrap().into_inner().acquired); // 30 s
+    node.kill();
+    let node = Turnstiled::start(["--data-dir", &path, "--long-lease", "10s"]);
+    let (code, body) = http_get(node.http, "/readyz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("1 key(s) held back"), "{body}");
+    assert_eq!(health(&node).await, vec![ServingStatus::Serving; 2]);
+    assert!(http_get(node.http, "/metrics").1.contains("turnstile_keys_held_back 1"));
+    let mut c = LockServiceClient::connect(node.url()).await.unwrap();
+    assert!(c.acquire(acquire("other", "b", 0)).await.unwrap().into_inner().acquired);
+    let err = c.acquire(acquire("long", "b", 0)).await.expect_err("held back");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 }
 
 /// Issue 9, defect 3, as an operator meets it: A holds `k` for 60 s,

@@ -15,6 +15,10 @@
 //!   same token, not proven ended in between); two owners never share a token.
 //! - **Fenced writes.** Storage never accepts a write whose token is smaller
 //!   than one it accepted (completed) before the write was sent.
+//! - **No unacknowledged extension.** A lease observed with GetLock never
+//!   expires later than its latest acknowledged grant, refresh or renew
+//!   allows (completion + ttl): a renew that failed (for example because
+//!   the state file could not be written) must have changed nothing.
 //!
 //! Recorded times err on the safe side: an invocation is stamped before the
 //! request is sent and a completion after the reply is read, so intervals
@@ -55,6 +59,8 @@ pub enum Op {
         /// The writer's fencing token.
         token: u64,
     },
+    /// GetLock: who holds the key, and for how long still.
+    GetLock,
 }
 
 /// Why the outcome of an operation is unknown.
@@ -64,6 +70,9 @@ pub enum Indeterminacy {
     TimedOut,
     /// The connection broke after the request may have been sent.
     ConnectionLost,
+    /// The server said its backend (etcd) did not answer: the change may
+    /// have reached the backend although the call failed.
+    BackendUnreachable,
 }
 
 /// A gRPC status code, by number (`tonic::Code as i32`), printed by name.
@@ -131,6 +140,11 @@ pub enum Outcome {
     WriteAccepted,
     /// FencedWrite: storage refused it (a larger token was seen).
     WriteRejected,
+    /// GetLock: the holder the server reported, if any.
+    Observed {
+        /// `None`: the key was free.
+        holder: Option<Observed>,
+    },
     /// A definite failure reported by the server.
     Failed {
         /// The status code.
@@ -140,6 +154,17 @@ pub enum Outcome {
     },
     /// Unknown: an Acquire in this state MAY have been granted.
     Indeterminate(Indeterminacy),
+}
+
+/// A holder as GetLock reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// Its owner.
+    pub owner: String,
+    /// Its fencing token.
+    pub token: u64,
+    /// The time it had left when the server answered.
+    pub expires_in: Duration,
 }
 
 /// One recorded operation.
@@ -204,6 +229,7 @@ impl fmt::Display for Operation {
             Op::Renew { token, ttl } => write!(f, "renew token={token} ttl={ttl:?}")?,
             Op::Release { token } => write!(f, "release token={token}")?,
             Op::FencedWrite { token } => write!(f, "fenced-write token={token}")?,
+            Op::GetLock => f.write_str("get-lock")?,
         }
         f.write_str(" -> ")?;
         match self.outcome() {
@@ -214,10 +240,17 @@ impl fmt::Display for Operation {
             Some(Outcome::Released { released }) => write!(f, "released={released}"),
             Some(Outcome::WriteAccepted) => f.write_str("write accepted"),
             Some(Outcome::WriteRejected) => f.write_str("write rejected"),
+            Some(Outcome::Observed { holder: None }) => f.write_str("free"),
+            Some(Outcome::Observed { holder: Some(h) }) => {
+                write!(f, "held by {} token={} expires_in={:.3} ms", h.owner, h.token, ms(h.expires_in))
+            }
             Some(Outcome::Failed { code, message }) => write!(f, "failed {code}: {message}"),
             Some(Outcome::Indeterminate(Indeterminacy::TimedOut)) => f.write_str("indeterminate (timed out)"),
             Some(Outcome::Indeterminate(Indeterminacy::ConnectionLost)) => {
                 f.write_str("indeterminate (connection lost)")
+            }
+            Some(Outcome::Indeterminate(Indeterminacy::BackendUnreachable)) => {
+                f.write_str("indeterminate (backend unreachable)")
             }
         }
     }
@@ -333,6 +366,8 @@ pub struct Summary {
     pub writes_accepted: usize,
     /// Fenced writes storage refused.
     pub writes_rejected: usize,
+    /// GetLock observations (each checked against the acknowledged extensions).
+    pub observations: usize,
     /// Definite failures reported by the server.
     pub failed: usize,
     /// Timed out, connection lost, or still in flight.
@@ -344,7 +379,7 @@ impl fmt::Display for Summary {
         write!(
             f,
             "{} ops on {} keys: {} grants ({} takeovers after expiry, {} G5 refreshes), {} renewals, {} releases, \
-             {} not acquired, writes {} accepted / {} rejected, {} failed, {} indeterminate",
+             {} not acquired, writes {} accepted / {} rejected, {} observations, {} failed, {} indeterminate",
             self.ops,
             self.keys,
             self.grants,
@@ -355,6 +390,7 @@ impl fmt::Display for Summary {
             self.not_acquired,
             self.writes_accepted,
             self.writes_rejected,
+            self.observations,
             self.failed,
             self.indeterminate
         )
@@ -392,6 +428,14 @@ pub enum ViolationKind {
         /// The smaller token accepted after it.
         stale: u64,
     },
+    /// GetLock showed a lease expiring later than any acknowledged grant or
+    /// renew allows: a failed renew (or refresh) was applied after all.
+    UnacknowledgedExtension {
+        /// The lease's token.
+        token: u64,
+        /// How much later than allowed it expires (at least).
+        beyond: Duration,
+    },
 }
 
 impl fmt::Display for ViolationKind {
@@ -409,6 +453,11 @@ impl fmt::Display for ViolationKind {
             ViolationKind::StaleWriteAccepted { newer, stale } => {
                 write!(f, "stale write accepted: token {stale} accepted after token {newer}")
             }
+            ViolationKind::UnacknowledgedExtension { token, beyond } => write!(
+                f,
+                "unacknowledged extension: lease token {token} expires at least {:.3} ms later than its acknowledged grants and renews allow",
+                ms(*beyond)
+            ),
         }
     }
 }
@@ -460,6 +509,7 @@ pub fn check(history: &History) -> Result<Summary, Violation> {
         violations.extend(check_tokens(key, ops));
         violations.extend(check_overlap(key, ops));
         violations.extend(check_writes(key, ops));
+        violations.extend(check_observations(key, ops));
     }
     match violations.into_iter().min_by_key(|v| (v.at(), v.key.clone())) {
         Some(v) => Err(v),
@@ -481,6 +531,7 @@ fn count(ops: &[&Operation], s: &mut Summary) {
             Some(Outcome::Released { released }) => s.releases += usize::from(*released),
             Some(Outcome::WriteAccepted) => s.writes_accepted += 1,
             Some(Outcome::WriteRejected) => s.writes_rejected += 1,
+            Some(Outcome::Observed { .. }) => s.observations += 1,
             Some(Outcome::Failed { .. }) => s.failed += 1,
             Some(Outcome::Indeterminate(_)) | None => s.indeterminate += 1,
         }
@@ -688,6 +739,67 @@ fn check_writes(key: &str, ops: &[&Operation]) -> Option<Violation> {
     None
 }
 
+/// How much later than allowed an observed expiry may look: the server's
+/// and the recorder's readings of the one monotonic clock, and a snapshot's
+/// wall-clock milliseconds across a graceful restart, each round a little.
+const OBSERVATION_SLACK: Duration = Duration::from_millis(5);
+
+/// A lease seen with GetLock expires no later than its acknowledged grants,
+/// refreshes and renews allow (each: completion + ttl). Not judged when some
+/// extension of it is unknown (an indeterminate renew of it, or an
+/// indeterminate acquire by its owner, which may have been a refresh,
+/// invoked before the observation completed) or when no grant of it was
+/// acknowledged.
+fn check_observations(key: &str, ops: &[&Operation]) -> Option<Violation> {
+    for &obs in ops {
+        let (Op::GetLock, Some(Outcome::Observed { holder: Some(h) })) = (&obs.op, obs.outcome()) else { continue };
+        let mut bound: Option<(Duration, &Operation)> = None;
+        let mut unknown = false;
+        let mut failed: Vec<&Operation> = Vec::new();
+        for &o in ops.iter().filter(|o| o.invoked < obs.completed_at()) {
+            let ends = match (&o.op, o.outcome()) {
+                (Op::Acquire { .. }, Some(Outcome::Granted { token, ttl })) if *token == h.token => {
+                    Some(o.completed_at() + *ttl)
+                }
+                (Op::Renew { token, .. }, Some(Outcome::Renewed { ttl })) if *token == h.token => {
+                    Some(o.completed_at() + *ttl)
+                }
+                (Op::Renew { token, .. }, None | Some(Outcome::Indeterminate(_))) if *token == h.token => {
+                    unknown = true;
+                    None
+                }
+                (Op::Acquire { .. }, None | Some(Outcome::Indeterminate(_))) if o.owner == h.owner => {
+                    unknown = true;
+                    None
+                }
+                (Op::Renew { token, .. }, Some(Outcome::Failed { .. })) if *token == h.token => {
+                    failed.push(o);
+                    None
+                }
+                (Op::Acquire { .. }, Some(Outcome::Failed { .. })) if o.owner == h.owner => {
+                    failed.push(o);
+                    None
+                }
+                _ => None,
+            };
+            if let Some(end) = ends {
+                if bound.is_none_or(|(b, _)| end > b) {
+                    bound = Some((end, o));
+                }
+            }
+        }
+        let Some((allowed, by)) = bound.filter(|_| !unknown) else { continue };
+        let seen = obs.invoked + h.expires_in;
+        if seen > allowed + OBSERVATION_SLACK {
+            let kind = ViolationKind::UnacknowledgedExtension { token: h.token, beyond: seen - allowed };
+            let mut shown = vec![by, obs];
+            shown.extend(failed);
+            return Some(Violation::new(kind, key, shown));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -890,6 +1002,60 @@ mod tests {
         assert_eq!(v.kind, ViolationKind::StaleWriteAccepted { newer: 2, stale: 1 });
         let idx: Vec<usize> = v.ops.ops.iter().map(|o| o.index).collect();
         assert_eq!(idx, vec![2, 3], "{v}");
+    }
+
+    fn observed(token: u64, owner: &str, expires_in_ms: u64) -> Outcome {
+        Outcome::Observed { holder: Some(Observed { owner: owner.into(), token, expires_in: t(expires_in_ms) }) }
+    }
+
+    fn failed_renew(self_: H, p: u32, owner: &str, token: u64, at: (u64, u64)) -> H {
+        self_.op(
+            p,
+            owner,
+            Op::Renew { token, ttl: t(100) },
+            at,
+            Outcome::Failed { code: GrpcCode::UNAVAILABLE, message: "cannot persist lock state".into() },
+        )
+    }
+
+    #[test]
+    fn a_failed_renew_that_changed_nothing_passes() {
+        // Granted at 5 ms for 100 ms: it may expire as late as 105 ms. The
+        // renew at 40 ms failed; GetLock at 50 ms sees 55 ms left (105 ms).
+        let h = H::new().acquire(1, "a", (0, 5), granted(1));
+        let h = failed_renew(h, 1, "a", 1, (40, 45)).op(1, "a", Op::GetLock, (50, 51), observed(1, "a", 55)).op(
+            2,
+            "b",
+            Op::GetLock,
+            (52, 53),
+            Outcome::Observed { holder: None },
+        );
+        let s = h.check().unwrap_or_else(|v| panic!("{v}"));
+        assert_eq!((s.observations, s.failed), (2, 1));
+    }
+
+    #[test]
+    fn a_failed_renew_that_extended_the_lease_fails() {
+        // Defect 5 of issue 9: the renew at 40 ms answered UNAVAILABLE, yet
+        // GetLock at 50 ms sees the lease end at 50 + 90 = 140 ms, beyond
+        // the 105 ms its acknowledged grant allows.
+        let h = H::new().acquire(1, "a", (0, 5), granted(1));
+        let h = failed_renew(h, 1, "a", 1, (40, 45)).op(1, "a", Op::GetLock, (50, 51), observed(1, "a", 90));
+        let v = expect_violation(&h);
+        assert_eq!(v.kind, ViolationKind::UnacknowledgedExtension { token: 1, beyond: t(35) });
+        let idx: Vec<usize> = v.ops.ops.iter().map(|o| o.index).collect();
+        assert_eq!(idx, vec![0, 1, 2], "the grant, the failed renew, the observation: {v}");
+        assert!(v.to_string().contains("get-lock") && v.to_string().contains("failed UNAVAILABLE"), "{v}");
+    }
+
+    #[test]
+    fn an_observation_after_an_indeterminate_renew_is_not_judged() {
+        // The renew timed out: it may have been applied, so 140 ms is allowed.
+        let h = H::new()
+            .acquire(1, "a", (0, 5), granted(1))
+            .op(1, "a", Op::Renew { token: 1, ttl: t(100) }, (40, 45), Outcome::Indeterminate(Indeterminacy::TimedOut))
+            .op(1, "a", Op::GetLock, (50, 51), observed(1, "a", 90));
+        h.check().unwrap_or_else(|v| panic!("{v}"));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! # Layout
 //! - [`Turnstiled`]: one `turnstiled` child process, with the addresses it
 //!   bound (it prints them on its first stdout line).
-//! - [`TempDir`]: a directory removed on drop.
+//! - [`InProcess`]: the server run in the test process on free loopback
+//!   ports, on a runtime of its own, with a process's lifecycle (stop, kill).
+//! - [`TempDir`]: a directory removed on drop (on disk, or in memory).
 //! - [`RefusedPort`]: a loopback address where connections are refused.
 //! - [`turnstiled_bin`]: where the binary is, building it if missing.
 //! - [`Etcd`] (module `etcd`): a real etcd on free loopback ports with a

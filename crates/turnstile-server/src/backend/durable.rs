@@ -9,6 +9,7 @@
 //! fresh start, a restore from the snapshot (with any recovery hold the
 //! snapshot still owes), crash recovery until the horizon, and refusal.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -23,10 +24,15 @@ use crate::clock::Clock;
 
 const STATE_FILE: &str = "state.json";
 const SNAPSHOT_FILE: &str = "snapshot.jsonl";
-const FORMAT_VERSION: u32 = 1;
+/// Version of `state.json` written; version 1 (no long-lease log) is read.
+/// A binary that knows only version 1 refuses this file rather than ignore
+/// the log.
+const STATE_VERSION: u32 = 2;
+/// Version of `snapshot.jsonl`.
+const SNAPSHOT_VERSION: u32 = 1;
 
 /// `state.json`.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 struct StateFile {
     version: u32,
     /// Bumped at every start; a snapshot only counts if written under the
@@ -34,8 +40,28 @@ struct StateFile {
     generation: u64,
     /// No token at or above this value has been issued.
     token_block_end: u64,
-    /// No lease granted or renewed so far outlives this wall-clock instant.
+    /// No lease shorter than `--long-lease` granted or renewed so far
+    /// outlives this wall-clock instant.
     lease_horizon_unix_ms: u64,
+    /// Leases longer than `--long-lease`, one by one: no lease on the key
+    /// outlives the instant beside it. After a crash only these keys wait
+    /// that long; every other key waits for the horizon alone.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    long_leases: BTreeMap<String, u64>,
+}
+
+/// How the state file covers leases (flags of `turnstiled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Fencing tokens reserved per write (`--token-block`).
+    pub token_block: u64,
+    /// How far beyond a new expiry the horizon is pushed (`--horizon-step`).
+    pub horizon_step: Duration,
+    /// Leases with a longer TTL go to the long-lease log (`--long-lease`).
+    pub long_lease: Duration,
+    /// Most keys in the long-lease log (`--max-long-leases`); past it a long
+    /// lease is covered by the horizon, as a short one.
+    pub max_long_leases: usize,
 }
 
 /// First line of `snapshot.jsonl`.
@@ -76,6 +102,9 @@ pub struct Recovered {
     pub leases: Vec<Lease>,
     /// After a crash: grant nothing before this instant.
     pub grants_resume_at: Option<Time>,
+    /// After a crash: grant nothing on these keys before these instants
+    /// (their long leases may live until then).
+    pub key_holds: Vec<(String, Time)>,
 }
 
 /// The persisted token block and lease horizon of a running server.
@@ -83,10 +112,13 @@ pub struct Recovered {
 pub struct DurableState {
     dir: PathBuf,
     clock: Clock,
-    block: u64,
-    step: Duration,
+    tuning: Tuning,
     token_block_end: AtomicU64,
     horizon_unix_ms: AtomicU64,
+    /// The long-lease log as on disk, for [`DurableState::covers`].
+    long_leases: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// State-file writes since start (the cost the horizon step amortises).
+    writes: AtomicU64,
     /// Serialises writers; the atomics above are the lock-free fast path.
     file: tokio::sync::Mutex<StateFile>,
     /// Why the last write of the state file failed, until one succeeds
@@ -105,13 +137,14 @@ impl DurableState {
     /// Opens (creating if missing) the data dir, reads the state and any
     /// snapshot, reserves a fresh token block and persists it before
     /// returning. A corrupt file is an error, never a silent reset.
-    pub fn open(dir: &Path, block: u64, step: Duration, clock: Clock) -> io::Result<(Arc<Self>, Recovered)> {
-        fs::create_dir_all(dir)?;
+    pub fn open(dir: &Path, tuning: Tuning, clock: Clock) -> io::Result<(Arc<Self>, Recovered)> {
+        let named = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", dir.display()));
+        fs::create_dir_all(dir).map_err(|e| named("creating the data dir", e))?;
         let state_path = dir.join(STATE_FILE);
         let old = match fs::read(&state_path) {
             Ok(bytes) => {
                 let s: StateFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(&state_path, e))?;
-                if s.version != FORMAT_VERSION {
+                if !(1..=STATE_VERSION).contains(&s.version) {
                     return Err(corrupt(&state_path, format!("unknown version {}", s.version)));
                 }
                 Some(s)
@@ -124,12 +157,13 @@ impl DurableState {
         };
         let now = clock.now();
         let now_ms = clock.unix_millis(now);
-        let state = old.unwrap_or(StateFile { version: FORMAT_VERSION, ..Default::default() });
+        let state = old.clone().unwrap_or(StateFile { version: STATE_VERSION, ..Default::default() });
         let snapshot = match old {
             Some(s) => read_snapshot(&dir.join(SNAPSHOT_FILE), s.generation)?,
             None => None,
         };
         let mut first_token = state.token_block_end.max(1);
+        let snapshot_found = snapshot.is_some();
         let (leases, grants_resume_at) = match snapshot {
             Some(Snapshot { leases: lines, hold_grants_until_unix_ms: hold }) => {
                 // Stopped while recovering: the hold it still owed goes on.
@@ -154,58 +188,101 @@ impl DurableState {
             }
             None => (Vec::new(), None),
         };
+        // The log outlives a start: a crash of this process must still hold
+        // keys whose long leases the crashed one granted.
+        let long_leases: BTreeMap<String, u64> =
+            state.long_leases.iter().filter(|(_, &ms)| ms > now_ms).map(|(k, &ms)| (k.clone(), ms)).collect();
+        let key_holds = if snapshot_found {
+            Vec::new()
+        } else {
+            long_leases.iter().map(|(k, &ms)| (k.clone(), now + Duration::from_millis(ms - now_ms))).collect()
+        };
         if let Some(max) = leases.iter().map(|l| l.token).max() {
             first_token = first_token.max(max + 1);
         }
         let next = StateFile {
-            version: FORMAT_VERSION,
+            version: STATE_VERSION,
             generation: state.generation + 1,
-            token_block_end: first_token.saturating_add(block),
+            token_block_end: first_token.saturating_add(tuning.token_block),
             lease_horizon_unix_ms: state.lease_horizon_unix_ms,
+            long_leases,
         };
-        write_atomic(dir, STATE_FILE, &serde_json::to_vec_pretty(&next)?)?;
+        write_atomic(dir, STATE_FILE, &serde_json::to_vec_pretty(&next)?)
+            .map_err(|e| named("writing state.json in the data dir", e))?;
         // The snapshot is consumed: the generation moved on, so it could never
         // count again; removing it only keeps the dir tidy.
         match fs::remove_file(dir.join(SNAPSHOT_FILE)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(named("removing the consumed snapshot.jsonl from the data dir", e))
+            }
             _ => {}
         }
         let durable = Arc::new(DurableState {
             dir: dir.to_owned(),
             clock,
-            block,
-            step,
+            tuning,
             token_block_end: AtomicU64::new(next.token_block_end),
             horizon_unix_ms: AtomicU64::new(next.lease_horizon_unix_ms),
+            long_leases: std::sync::Mutex::new(next.long_leases.clone()),
+            writes: AtomicU64::new(0),
             file: tokio::sync::Mutex::new(next),
             write_error: std::sync::Mutex::new(None),
         });
-        Ok((durable, Recovered { first_token, leases, grants_resume_at }))
+        Ok((durable, Recovered { first_token, leases, grants_resume_at, key_holds }))
     }
 
-    /// Whether a lease with `token` ending at `expires` is covered by what is
-    /// on disk already (the hot path: two atomic loads).
-    pub fn covers(&self, token: u64, expires: Time) -> bool {
-        token < self.token_block_end.load(Ordering::Acquire)
-            && self.clock.unix_millis(expires) <= self.horizon_unix_ms.load(Ordering::Acquire)
+    /// Whether `lease` (its token, and its expiry on its key) is covered by
+    /// what is on disk already. The hot path, for leases up to
+    /// `--long-lease`: two atomic loads.
+    pub fn covers(&self, lease: &Lease) -> bool {
+        if lease.token >= self.token_block_end.load(Ordering::Acquire) {
+            return false;
+        }
+        let expires_ms = self.clock.unix_millis(lease.expires_at);
+        if expires_ms <= self.horizon_unix_ms.load(Ordering::Acquire) {
+            return true;
+        }
+        lease.ttl > self.tuning.long_lease
+            && self
+                .long_leases
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&*lease.key)
+                .is_some_and(|&ms| expires_ms <= ms)
     }
 
-    /// Makes sure `token` lies in a persisted token block and `expires` below
-    /// the persisted horizon, writing the state file if not. Call before the
-    /// client learns of a grant or renew.
-    pub async fn ensure(&self, token: u64, expires: Time) -> io::Result<()> {
-        if self.covers(token, expires) {
+    /// Makes sure `lease`'s token lies in a persisted token block and its
+    /// expiry is covered (by the horizon, or for a long lease by its key's
+    /// entry in the long-lease log), writing the state file if not. Call
+    /// before the client learns of a grant or renew, and before applying a
+    /// renew.
+    pub async fn ensure(&self, lease: &Lease) -> io::Result<()> {
+        if self.covers(lease) {
             return Ok(());
         }
         let mut file = self.file.lock().await;
-        let mut next = *file;
-        if token >= next.token_block_end {
-            next.token_block_end = token.saturating_add(self.block);
+        let mut next = file.clone();
+        if lease.token >= next.token_block_end {
+            next.token_block_end = lease.token.saturating_add(self.tuning.token_block);
         }
-        let expires_ms = self.clock.unix_millis(expires);
-        if expires_ms > next.lease_horizon_unix_ms {
-            let step = u64::try_from(self.step.as_millis()).unwrap_or(u64::MAX);
-            next.lease_horizon_unix_ms = expires_ms.saturating_add(step);
+        let now_ms = self.clock.unix_millis(self.clock.now());
+        let expires_ms = self.clock.unix_millis(lease.expires_at);
+        let step_ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let covered = expires_ms <= next.lease_horizon_unix_ms
+            || next.long_leases.get(&*lease.key).is_some_and(|&ms| expires_ms <= ms);
+        if !covered {
+            next.long_leases.retain(|_, ms| *ms > now_ms);
+            let long = lease.ttl > self.tuning.long_lease
+                && (next.long_leases.contains_key(&*lease.key) || next.long_leases.len() < self.tuning.max_long_leases);
+            if long {
+                // A step of a third of the TTL: a guard renewing every third
+                // of it writes every other renew, and a crash holds the key
+                // back at most a third of a TTL longer than its lease.
+                let step = self.tuning.horizon_step.max(lease.ttl / 3);
+                next.long_leases.insert(lease.key.to_string(), expires_ms.saturating_add(step_ms(step)));
+            } else {
+                next.lease_horizon_unix_ms = expires_ms.saturating_add(step_ms(self.tuning.horizon_step));
+            }
         }
         if next == *file {
             return Ok(()); // another writer covered it while we waited
@@ -226,15 +303,23 @@ impl DurableState {
         if self.write_error.lock().unwrap_or_else(|p| p.into_inner()).take().is_some() {
             tracing::info!("the state file is writable again");
         }
-        *file = next;
+        self.writes.fetch_add(1, Ordering::Relaxed);
         self.token_block_end.store(next.token_block_end, Ordering::Release);
         self.horizon_unix_ms.store(next.lease_horizon_unix_ms, Ordering::Release);
+        *self.long_leases.lock().unwrap_or_else(|p| p.into_inner()) = next.long_leases.clone();
         tracing::debug!(
             token_block_end = next.token_block_end,
             horizon_unix_ms = next.lease_horizon_unix_ms,
+            long_leases = next.long_leases.len(),
             "state persisted"
         );
+        *file = next;
         Ok(())
+    }
+
+    /// State-file writes since start.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 
     /// Why the state file cannot be written right now, if the last write failed.
@@ -250,7 +335,7 @@ impl DurableState {
         let file = self.file.lock().await;
         let now = self.clock.now();
         let header = SnapshotHeader {
-            version: FORMAT_VERSION,
+            version: SNAPSHOT_VERSION,
             generation: file.generation,
             written_unix_ms: self.clock.unix_millis(now),
             leases: leases.len(),
@@ -312,14 +397,14 @@ fn read_snapshot(path: &Path, generation: u64) -> io::Result<Option<Snapshot>> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))),
     };
     let mut lines = BufReader::new(file).lines();
     let header: SnapshotHeader = match lines.next() {
         Some(line) => serde_json::from_str(&line?).map_err(|e| corrupt(path, e))?,
         None => return Err(corrupt(path, "empty snapshot")),
     };
-    if header.version != FORMAT_VERSION {
+    if header.version != SNAPSHOT_VERSION {
         return Err(corrupt(path, format!("unknown version {}", header.version)));
     }
     if header.generation != generation {
@@ -358,6 +443,19 @@ mod tests {
         d
     }
 
+    fn tuning(token_block: u64, step_secs: u64) -> Tuning {
+        Tuning {
+            token_block,
+            horizon_step: Duration::from_secs(step_secs),
+            long_lease: Duration::from_secs(60),
+            max_long_leases: 2,
+        }
+    }
+
+    fn lease(key: &str, token: u64, ttl: Duration, expires_at: Time) -> Lease {
+        Lease { key: key.into(), owner: "o".into(), token, ttl, expires_at }
+    }
+
     fn rand_suffix() -> u64 {
         use std::hash::{BuildHasher, RandomState};
         RandomState::new().hash_one(0u8)
@@ -366,12 +464,16 @@ mod tests {
     #[tokio::test]
     async fn tokens_continue_above_the_reserved_block_after_restart() {
         let d = dir();
-        let (s, r) = DurableState::open(&d, 100, Duration::from_secs(1), Clock::new()).unwrap();
+        let (s, r) = DurableState::open(&d, tuning(100, 1), Clock::new()).unwrap();
         assert_eq!(r.first_token, 1);
-        s.ensure(250, Time::ZERO).await.unwrap();
-        assert!(s.covers(249, Time::ZERO) && !s.covers(350, Time::ZERO), "the block now ends at 350");
+        s.ensure(&lease("k", 250, Duration::ZERO, Time::ZERO)).await.unwrap();
+        assert!(
+            s.covers(&lease("k", 249, Duration::ZERO, Time::ZERO))
+                && !s.covers(&lease("k", 350, Duration::ZERO, Time::ZERO)),
+            "the block now ends at 350"
+        );
         drop(s);
-        let (_, r) = DurableState::open(&d, 100, Duration::from_secs(1), Clock::new()).unwrap();
+        let (_, r) = DurableState::open(&d, tuning(100, 1), Clock::new()).unwrap();
         assert_eq!(r.first_token, 350, "block end after reserving up to token 250");
     }
 
@@ -379,12 +481,12 @@ mod tests {
     async fn after_a_crash_grants_wait_for_the_horizon() {
         let d = dir();
         let clock = Clock::new();
-        let (s, _) = DurableState::open(&d, 100, Duration::from_secs(10), clock).unwrap();
-        s.ensure(1, clock.now() + Duration::from_secs(5)).await.unwrap();
-        assert!(s.covers(1, clock.now() + Duration::from_secs(14)));
+        let (s, _) = DurableState::open(&d, tuning(100, 10), clock).unwrap();
+        s.ensure(&lease("k", 1, Duration::from_secs(5), clock.now() + Duration::from_secs(5))).await.unwrap();
+        assert!(s.covers(&lease("k", 1, Duration::from_secs(5), clock.now() + Duration::from_secs(14))));
         drop(s); // no snapshot: as after SIGKILL
         let clock2 = Clock::new();
-        let (_, r) = DurableState::open(&d, 100, Duration::from_secs(10), clock2).unwrap();
+        let (_, r) = DurableState::open(&d, tuning(100, 10), clock2).unwrap();
         let wait = r.grants_resume_at.expect("recovering").saturating_since(clock2.now());
         assert!(wait > Duration::from_secs(13) && wait <= Duration::from_secs(15), "{wait:?}");
     }
@@ -393,7 +495,7 @@ mod tests {
     async fn a_snapshot_restores_live_leases_once() {
         let d = dir();
         let clock = Clock::new();
-        let (s, _) = DurableState::open(&d, 100, Duration::from_secs(10), clock).unwrap();
+        let (s, _) = DurableState::open(&d, tuning(100, 10), clock).unwrap();
         let lease = Lease {
             key: "k".into(),
             owner: "o".into(),
@@ -401,17 +503,27 @@ mod tests {
             ttl: Duration::from_secs(30),
             expires_at: clock.now() + Duration::from_secs(30),
         };
-        s.ensure(7, lease.expires_at).await.unwrap();
+        s.ensure(&lease).await.unwrap();
         s.write_snapshot(vec![lease], None).await.unwrap();
         drop(s);
-        let (_, r) = DurableState::open(&d, 100, Duration::from_secs(10), Clock::new()).unwrap();
+        let (_, r) = DurableState::open(&d, tuning(100, 10), Clock::new()).unwrap();
         assert!(r.grants_resume_at.is_none());
         assert_eq!(r.leases.len(), 1);
         assert_eq!((&*r.leases[0].key, r.leases[0].token), ("k", 7));
         // Consumed: a crash after this start must not bring the lease back.
-        let (_, r) = DurableState::open(&d, 100, Duration::from_secs(10), Clock::new()).unwrap();
+        let (_, r) = DurableState::open(&d, tuning(100, 10), Clock::new()).unwrap();
         assert!(r.leases.is_empty());
         assert!(r.grants_resume_at.is_some());
+    }
+
+    #[test]
+    fn a_data_dir_that_cannot_be_created_is_named() {
+        let d = dir();
+        fs::create_dir_all(&d).unwrap();
+        let file = d.join("a-file");
+        fs::write(&file, b"").unwrap();
+        let err = DurableState::open(&file.join("sub"), tuning(100, 1), Clock::new()).unwrap_err();
+        assert!(err.to_string().contains("creating the data dir") && err.to_string().contains("a-file"), "{err}");
     }
 
     #[test]
@@ -419,7 +531,7 @@ mod tests {
         let d = dir();
         fs::create_dir_all(&d).unwrap();
         fs::write(d.join(STATE_FILE), b"{not json").unwrap();
-        let err = DurableState::open(&d, 100, Duration::from_secs(1), Clock::new()).unwrap_err();
+        let err = DurableState::open(&d, tuning(100, 1), Clock::new()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("corrupt"), "{err}");
     }

@@ -22,7 +22,7 @@ use turnstile_core::{
     AcquireArgs, Acquired, Counters, Effect, Lease, LockInfo, LockTable, Ready, TableConfig, Time, Wait, WaiterId,
 };
 
-use super::durable::DurableState;
+use super::durable::{DurableState, Tuning};
 use super::{AcquireOutcome, AcquireRequest, Backend, Grant, TtlBounds};
 use crate::clock::Clock;
 use crate::config::Config;
@@ -32,7 +32,8 @@ use crate::telemetry::Metrics;
 /// What a parked waiter is answered with.
 #[derive(Debug)]
 enum Answer {
-    Granted(Lease),
+    /// Granted, when the lease before it ended at the instant given.
+    Granted(Lease, Time),
     Shared(Arc<[u8]>),
     TimedOut(LockInfo),
     Closed,
@@ -57,6 +58,8 @@ struct Inner {
     closed: AtomicBool,
     bounds: TtlBounds,
     recovering_until: Option<Time>,
+    /// Keys held back after a crash, and until when.
+    key_holds: Vec<Time>,
     metrics: Arc<Metrics>,
 }
 
@@ -86,7 +89,21 @@ impl MemoryBackend {
     pub fn start_with_clock(config: &Config, metrics: Arc<Metrics>, clock: Clock) -> std::io::Result<Self> {
         let (durable, recovered) = match config.state_dir() {
             Some(dir) => {
-                let (d, r) = DurableState::open(dir, config.token_block, config.horizon_step, clock)?;
+                let tuning = Tuning {
+                    token_block: config.token_block,
+                    horizon_step: config.horizon_step,
+                    long_lease: config.long_lease,
+                    max_long_leases: config.max_long_leases,
+                };
+                let (d, mut r) = DurableState::open(dir, tuning, clock)?;
+                if config.override_recovery && (r.grants_resume_at.is_some() || !r.key_holds.is_empty()) {
+                    tracing::warn!(
+                        keys = r.key_holds.len(),
+                        "--override-recovery: granting at once after a crash, although leases granted before it may still be live; tokens still continue above every token issued before"
+                    );
+                    r.grants_resume_at = None;
+                    r.key_holds.clear();
+                }
                 (Some(d), Some(r))
             }
             None => {
@@ -117,6 +134,7 @@ impl MemoryBackend {
             closed: AtomicBool::new(false),
             bounds: TtlBounds { min: config.min_ttl, max: config.max_ttl },
             recovering_until,
+            key_holds: recovered.as_ref().map(|r| r.key_holds.iter().map(|(_, t)| *t).collect()).unwrap_or_default(),
             metrics,
         });
         if let Some(r) = recovered {
@@ -126,6 +144,17 @@ impl MemoryBackend {
             }
             if restored > 0 {
                 tracing::info!(leases = restored, "restored leases from the shutdown snapshot");
+            }
+            for (key, until) in &r.key_holds {
+                inner.lock(inner.shard_of(key)).hold_key_until(key, *until, now);
+            }
+            if let Some((key, until)) = r.key_holds.iter().max_by_key(|(_, until)| *until) {
+                tracing::warn!(
+                    keys = r.key_holds.len(),
+                    longest = %key,
+                    seconds = until.saturating_since(now).as_secs_f64().ceil(),
+                    "keys whose long leases may outlive the crash are held back until those leases end"
+                );
             }
             if let Some(until) = r.grants_resume_at {
                 tracing::warn!(
@@ -141,6 +170,11 @@ impl MemoryBackend {
     /// Leases held right now.
     pub fn leases_held(&self) -> usize {
         self.inner.counters.held_leases()
+    }
+
+    /// Writes of the state file since start (0 without a data dir).
+    pub fn state_writes(&self) -> u64 {
+        self.inner.durable.as_ref().map_or(0, |d| d.writes())
     }
 }
 
@@ -173,16 +207,16 @@ impl Inner {
             let out = op(&mut table, now);
             (out, table.drain())
         };
-        self.carry_out(idx, ready);
+        self.carry_out(idx, ready, now);
         out
     }
 
     /// Wakes the shard's task by `ready.wake_by` and carries out its effects.
-    fn carry_out(&self, idx: usize, ready: Ready<Reply>) {
+    fn carry_out(&self, idx: usize, ready: Ready<Reply>, now: Time) {
         if let Some(t) = ready.wake_by {
             self.schedule(idx, t);
         }
-        self.deliver(idx, ready.effects);
+        self.deliver(idx, ready.effects, now);
     }
 
     /// Makes sure the shard's expiry task wakes by `t`.
@@ -195,12 +229,12 @@ impl Inner {
 
     /// Carries out effects. A grant whose waiter is gone is taken back and
     /// passes on at once (G6).
-    fn deliver(&self, idx: usize, effects: Vec<Effect<Reply>>) {
+    fn deliver(&self, idx: usize, effects: Vec<Effect<Reply>>, ended_at: Time) {
         let mut queue = std::collections::VecDeque::from(effects);
         while let Some(effect) = queue.pop_front() {
             match effect {
                 Effect::Granted { waiter, lease } => {
-                    if let Err(Answer::Granted(lease)) = waiter.send(Answer::Granted(lease)) {
+                    if let Err(Answer::Granted(lease, _)) = waiter.send(Answer::Granted(lease, ended_at)) {
                         self.metrics.grants_taken_back.inc();
                         let now = self.clock.now();
                         let ready = {
@@ -223,6 +257,9 @@ impl Inner {
                 Effect::Closed { waiter } => {
                     let _ = waiter.send(Answer::Closed);
                 }
+                Effect::Expired { lease } if lease.token == 0 => {
+                    tracing::info!(key = %lease.key, "recovery hold ended: the key may be granted again");
+                }
                 Effect::Expired { lease } => {
                     self.metrics.leases_expired.inc();
                     tracing::debug!(key = %lease.key, owner = %lease.owner, token = lease.token, "lease expired");
@@ -233,8 +270,8 @@ impl Inner {
 
     /// Whether extending a lease with `token` to `expires` needs nothing
     /// written first (no data dir, or the persisted state covers it).
-    fn is_durable(&self, token: u64, expires: Time) -> bool {
-        self.durable.as_ref().is_none_or(|d| d.covers(token, expires))
+    fn is_durable(&self, lease: &Lease) -> bool {
+        self.durable.as_ref().is_none_or(|d| d.covers(lease))
     }
 
     /// Extends a lease only once the extension is durable, so that a failed
@@ -251,24 +288,17 @@ impl Inner {
         for _ in 0..3 {
             match self.with_table(idx, &mut step)? {
                 Extend::Done(out) => return Ok(out),
-                Extend::Persist { token, expires } => self.make_durable_at(token, expires).await?,
+                Extend::Persist(lease) => self.make_durable(&lease).await?,
             }
         }
         Err(BackendError::Unavailable { reason: "the lease horizon could not be kept ahead of the clock".into() })
-    }
-
-    async fn make_durable_at(&self, token: u64, expires: Time) -> Result<(), BackendError> {
-        match &self.durable {
-            Some(d) => Ok(d.ensure(token, expires).await?),
-            None => Ok(()),
-        }
     }
 
     /// Persists what the grant or renew of `lease` needs before the client
     /// learns of it.
     async fn make_durable(&self, lease: &Lease) -> Result<(), BackendError> {
         match &self.durable {
-            Some(d) if !d.covers(lease.token, lease.expires_at) => Ok(d.ensure(lease.token, lease.expires_at).await?),
+            Some(d) => Ok(d.ensure(lease).await?),
             _ => Ok(()),
         }
     }
@@ -287,8 +317,9 @@ impl Inner {
 enum Extend<T> {
     /// Applied (or nothing to extend); the answer.
     Done(T),
-    /// Not applied: persist this first, then try again.
-    Persist { token: u64, expires: Time },
+    /// Not applied: persist this lease (as the extension would make it)
+    /// first, then try again.
+    Persist(Lease),
 }
 
 fn grant(lease: &Lease) -> Grant {
@@ -320,10 +351,15 @@ struct QueueGuard<'a> {
     id: WaiterId,
     rx: oneshot::Receiver<Answer>,
     answered: bool,
+    /// When it was queued (for the wait-time histogram).
+    queued_at: Time,
 }
 
 impl Drop for QueueGuard<'_> {
     fn drop(&mut self) {
+        let metrics = &self.inner.metrics;
+        metrics.waiters.dec();
+        metrics.wait_seconds.observe(self.inner.clock.now().saturating_since(self.queued_at).as_secs_f64());
         if self.answered {
             return;
         }
@@ -335,7 +371,7 @@ impl Drop for QueueGuard<'_> {
         self.inner.with_table(self.idx, |t, now| {
             if !t.cancel(key, id, now) {
                 // Already answered: a grant sent before we got here is ours to undo.
-                if let Ok(Answer::Granted(lease)) = rx.try_recv() {
+                if let Ok(Answer::Granted(lease, _)) = rx.try_recv() {
                     t.release(&lease.key, lease.token, None, now);
                 }
             }
@@ -357,7 +393,7 @@ async fn expiry_loop(inner: Arc<Inner>, idx: usize) {
             shard.next_wake.store(wake_by.map_or(u64::MAX, Time::as_nanos), Ordering::Release);
             (effects, wake_by)
         };
-        inner.deliver(idx, effects);
+        inner.deliver(idx, effects, now);
         match next {
             Some(t) => {
                 tokio::select! {
@@ -393,8 +429,9 @@ impl Backend for MemoryBackend {
                 // The owner's own lease is refreshed (G5) only once its new
                 // expiry is durable: the refresh is never taken back.
                 if let Some(own) = t.holder_lease(&req.key, now).filter(|l| *l.owner == *req.owner) {
-                    if !inner.is_durable(own.token, now + req.ttl) {
-                        return Ok(Extend::Persist { token: own.token, expires: now + req.ttl });
+                    let extended = Lease { ttl: req.ttl, expires_at: now + req.ttl, ..own };
+                    if !inner.is_durable(&extended) {
+                        return Ok(Extend::Persist(extended));
                     }
                 }
                 let wait = payload.take().map(|payload| Wait { until: now + req.wait, payload });
@@ -418,11 +455,18 @@ impl Backend for MemoryBackend {
             }
             Acquired::Queued(id) => {
                 let Some(rx) = rx else { return Err(BackendError::ShuttingDown) }; // queued only when waiting
-                let mut guard = QueueGuard { inner, idx, key: &req.key, id, rx, answered: false };
+                inner.metrics.waiters.inc();
+                let queued_at = inner.clock.now();
+                let mut guard = QueueGuard { inner, idx, key: &req.key, id, rx, answered: false, queued_at };
                 let answer = (&mut guard.rx).await;
                 guard.answered = true;
+                drop(guard); // no longer queued: counted out of the waiters now
                 match answer {
-                    Ok(Answer::Granted(lease)) => {
+                    Ok(Answer::Granted(lease, ended_at)) => {
+                        inner
+                            .metrics
+                            .handoff_seconds
+                            .observe(inner.clock.now().saturating_since(ended_at).as_secs_f64());
                         inner.metrics.acquired.inc();
                         inner.hand_over(idx, lease).await
                     }
@@ -454,9 +498,10 @@ impl Backend for MemoryBackend {
                 }
                 // Applied only once durable: a failed write changes nothing.
                 if let Some(l) = t.holder_lease(&key, now).filter(|l| l.token == token) {
-                    let expires = now + ttl.unwrap_or(l.ttl);
-                    if !inner.is_durable(token, expires) {
-                        return Ok(Extend::Persist { token, expires });
+                    let ttl = ttl.unwrap_or(l.ttl);
+                    let extended = Lease { ttl, expires_at: now + ttl, ..l };
+                    if !inner.is_durable(&extended) {
+                        return Ok(Extend::Persist(extended));
                     }
                 }
                 t.renew(&key, token, ttl, now).map(Extend::Done).map_err(BackendError::from)
@@ -497,19 +542,44 @@ impl Backend for MemoryBackend {
 
     fn degraded(&self) -> Option<String> {
         let inner = &self.inner;
-        let until = inner.recovering_until?;
         let now = inner.clock.now();
-        (until > now).then(|| {
-            format!(
-                "recovering after a crash: grants resume in {} s",
-                crate::error::ceil_secs(until.saturating_since(now))
-            )
-        })
+        if let Some(left) = self.recovery_left() {
+            return Some(format!("recovering after a crash: grants resume in {} s", crate::error::ceil_secs(left)));
+        }
+        let held = self.keys_held_back();
+        let last = inner.key_holds.iter().max().filter(|t| **t > now)?;
+        Some(format!(
+            "{held} key(s) held back after a crash until their long leases end, the last in {} s",
+            crate::error::ceil_secs(last.saturating_since(now))
+        ))
+    }
+
+    fn recovery_left(&self) -> Option<Duration> {
+        let now = self.inner.clock.now();
+        self.inner.recovering_until.filter(|t| *t > now).map(|t| t.saturating_since(now))
+    }
+
+    fn keys_held_back(&self) -> usize {
+        let now = self.inner.clock.now();
+        self.inner.key_holds.iter().filter(|t| **t > now).count()
+    }
+
+    fn state_writes(&self) -> u64 {
+        MemoryBackend::state_writes(self)
     }
 
     fn unready(&self) -> Option<String> {
-        let why = self.inner.durable.as_ref()?.write_error()?;
-        Some(format!("the data dir is not writable ({why}): grants and renews that need a state write are refused"))
+        if let Some(why) = self.inner.durable.as_ref().and_then(|d| d.write_error()) {
+            return Some(format!(
+                "the data dir is not writable ({why}): grants and renews that need a state write are refused"
+            ));
+        }
+        self.recovery_left().map(|left| {
+            format!(
+                "recovering after a crash: no lease is granted on any key for {} s (reads and renews are answered)",
+                crate::error::ceil_secs(left)
+            )
+        })
     }
 
     fn close(&self) {

@@ -118,6 +118,23 @@ pub trait Backend: Send + Sync + 'static {
     /// recovering after a crash), or `None`.
     fn degraded(&self) -> Option<String>;
 
+    /// After a crash, how long until grants resume on every key (`None`
+    /// when they are not held back). gRPC health says NOT_SERVING meanwhile.
+    fn recovery_left(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Keys held back after a crash because a long lease on them may still
+    /// be live (each until that lease's end).
+    fn keys_held_back(&self) -> usize {
+        0
+    }
+
+    /// Writes of persisted state since start (where the backend has any).
+    fn state_writes(&self) -> u64 {
+        0
+    }
+
     /// A line for `/readyz` when the backend cannot serve as it should (e.g.
     /// its state cannot be written): `/readyz` then answers 503. `None` when
     /// ready.

@@ -26,21 +26,28 @@ const NONE: Duration = Duration::ZERO;
 pub(crate) struct World {
     pub(crate) dir: TempDir,
     t0: Instant,
+    args: Vec<String>,
 }
 
 impl World {
+    /// Every lease up to an hour shares the horizon (no long-lease log).
     pub(crate) fn new() -> World {
-        World { dir: TempDir::in_memory("restart"), t0: Instant::now() }
+        World::with(&["--long-lease", "1h"])
+    }
+
+    /// With more flags of turnstiled for every start.
+    pub(crate) fn with(args: &[&str]) -> World {
+        let args = args.iter().map(|a| a.to_string()).collect();
+        World { dir: TempDir::in_memory("restart"), t0: Instant::now(), args }
     }
 
     /// Starts a process on the data dir, with the wall clock where it is now.
     pub(crate) fn try_start(&self) -> std::io::Result<MemoryBackend> {
         let wall = WALL_AT_START_MS + (Instant::now() - self.t0).as_millis() as u64;
         let dir = self.dir.path().to_str().expect("utf-8").to_owned();
-        backend(
-            &["--data-dir", &dir, "--horizon-step", STEP, "--token-block", "10", "--shards", "4"],
-            Clock::with_virtual_wall(wall),
-        )
+        let mut args = vec!["--data-dir", &dir, "--horizon-step", STEP, "--token-block", "10", "--shards", "4"];
+        args.extend(self.args.iter().map(String::as_str));
+        backend(&args, Clock::with_virtual_wall(wall))
     }
 
     pub(crate) fn start(&self) -> MemoryBackend {
@@ -275,4 +282,117 @@ async fn a_renew_whose_state_write_fails_changes_nothing() {
     assert!(b.unready().is_none(), "ready again after a write succeeded");
     let held = b.get("k".into()).await.expect("get").holder.expect("held").expires_in;
     assert_eq!(held, Duration::from_secs(600));
+}
+
+/// Recovery's blast radius (issue 10 §3): a crash with a one-hour lease held
+/// holds back that key for the hour, and every other key only for the
+/// shared horizon (short leases plus one step).
+#[tokio::test(start_paused = true)]
+async fn a_crash_holds_back_only_the_keys_of_long_leases_for_long() {
+    let w = World::with(&["--long-lease", "10s"]);
+    let b = w.start();
+    let long = must_acquire(&b, req("long", "a", Duration::from_secs(3600), NONE)).await;
+    let short = must_acquire(&b, req("short", "a", Duration::from_secs(3), NONE)).await;
+    crash(b);
+    let b = w.start();
+    assert_recovering(&b, "other").await;
+    assert_recovering(&b, "short").await;
+    advance(Duration::from_secs(6)).await;
+    assert!(try_lock(&b, "other", "b").await.is_some(), "other keys wait only for the shared horizon");
+    let g = try_lock(&b, "short", "b").await.expect("the short lease has ended");
+    assert!(g.token > short.token);
+    assert_recovering(&b, "long").await;
+    let info = b.get("long".into()).await.expect("get");
+    let holder = info.holder.expect("shown as held while held back");
+    assert_eq!((&*holder.owner, holder.token), ("", 0), "held back, not by a client");
+    assert!(holder.expires_in > Duration::from_secs(3590), "{:?}", holder.expires_in);
+    // A waiter queues behind the hold and is granted when it ends: the
+    // lease's end, rounded up to its log entry (a third of its TTL later).
+    let got = b.acquire(req("long", "b", Duration::from_secs(1), Duration::from_secs(6000))).await;
+    let Ok(AcquireOutcome::Acquired(g)) = got else { panic!("{got:?}") };
+    assert!(g.token > long.token, "G2");
+    let held = Instant::now() - w.t0;
+    assert!(held >= Duration::from_secs(3600), "G1: not before the hour is over");
+    assert!(held <= Duration::from_secs(4800), "held back {held:?}, more than 4/3 of the TTL");
+}
+
+/// A key hold survives a graceful stop and a second crash.
+#[tokio::test(start_paused = true)]
+async fn a_key_hold_survives_a_stop_and_a_second_crash() {
+    let w = World::with(&["--long-lease", "10s"]);
+    let b = w.start();
+    must_acquire(&b, req("long", "a", Duration::from_secs(600), NONE)).await;
+    crash(b);
+    let b = w.start();
+    advance(Duration::from_secs(10)).await;
+    stop(b).await;
+    let b = w.start();
+    assert_recovering(&b, "long").await;
+    assert!(try_lock(&b, "other", "b").await.is_some());
+    crash(b);
+    let b = w.start();
+    advance(Duration::from_secs(10)).await;
+    assert_recovering(&b, "long").await;
+    advance(Duration::from_secs(800)).await;
+    assert!(try_lock(&b, "long", "b").await.is_some());
+}
+
+/// --override-recovery grants at once after a crash, and tokens still go on
+/// above every token issued before.
+#[tokio::test(start_paused = true)]
+async fn the_recovery_override_grants_at_once_and_never_reuses_a_token() {
+    let w = World::with(&["--long-lease", "10s", "--override-recovery"]);
+    let b = w.start();
+    let a = must_acquire(&b, req("long", "a", Duration::from_secs(600), NONE)).await;
+    let s = must_acquire(&b, req("short", "a", Duration::from_secs(5), NONE)).await;
+    crash(b);
+    let b = w.start();
+    assert!(b.degraded().is_none());
+    let g1 = try_lock(&b, "long", "b").await.expect("granted at once");
+    let g2 = try_lock(&b, "short", "b").await.expect("granted at once");
+    assert!(g1.token > a.token.max(s.token) && g2.token > a.token.max(s.token), "G2 even when overridden");
+}
+
+/// The state file is written about once per horizon step under steady load,
+/// not per grant; long leases add a write per key about every other renew.
+#[tokio::test(start_paused = true)]
+async fn state_writes_follow_the_step_not_the_grants() {
+    let w = World::with(&["--long-lease", "10s", "--token-block", "1000000"]);
+    let b = w.start();
+    let before = b.state_writes();
+    // 20 s of load: 100 grant/release cycles per virtual second on 50 keys.
+    for i in 0..2_000u32 {
+        let g = must_acquire(&b, req(&format!("k{}", i % 50), "a", Duration::from_secs(5), NONE)).await;
+        b.release(g.key.to_string(), g.token, None).await.expect("release");
+        advance(Duration::from_millis(10)).await;
+    }
+    let short_writes = b.state_writes() - before;
+    // A 2 s step over 20 s: about 10 writes.
+    assert!(short_writes <= 12, "{short_writes} writes for 2,000 grants");
+    // A one-hour lease renewed every 20 minutes by its guard, for 10 hours.
+    let before = b.state_writes();
+    let l = must_acquire(&b, req("long", "a", Duration::from_secs(3600), NONE)).await;
+    for _ in 0..30 {
+        advance(Duration::from_secs(1200)).await;
+        b.renew("long".into(), l.token, None).await.expect("renew");
+    }
+    let long_writes = b.state_writes() - before;
+    assert!((10..=20).contains(&long_writes), "{long_writes} writes for a grant and 30 renews");
+}
+
+/// The long-lease log is bounded: past --max-long-leases keys, a long lease
+/// is covered by the shared horizon, as before the log existed.
+#[tokio::test(start_paused = true)]
+async fn the_long_lease_log_is_bounded() {
+    let w = World::with(&["--long-lease", "10s", "--max-long-leases", "2"]);
+    let b = w.start();
+    for k in ["l1", "l2", "l3"] {
+        must_acquire(&b, req(k, "a", Duration::from_secs(600), NONE)).await;
+    }
+    let state = std::fs::read_to_string(w.dir.path().join("state.json")).expect("state.json");
+    assert!(state.contains("\"l1\"") && state.contains("\"l2\"") && !state.contains("\"l3\""), "{state}");
+    crash(b);
+    let b = w.start();
+    advance(Duration::from_secs(30)).await;
+    assert_recovering(&b, "other").await; // the horizon now covers l3's 600 s
 }

@@ -10,11 +10,18 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tonic::transport::Channel;
 use tonic::Code;
 use turnstile_proto::v1;
-use turnstile_testkit::history::{GrpcCode, Indeterminacy, Op, Operation, Outcome, Recorder};
+use turnstile_proto::v1::lock_service_client::LockServiceClient;
+use turnstile_testkit::history::{GrpcCode, Indeterminacy, Observed, Op, Operation, Outcome, Recorder};
 
-use crate::node::Node;
+/// A server the clients call: the memory backend's one `turnstiled`, or one
+/// of the etcd backend's sidecars.
+pub(crate) trait Target: Send + Sync {
+    /// A client of the process running now (a restart may have moved it).
+    fn client(&self) -> LockServiceClient<Channel>;
+}
 
 /// How long past its own wait a call may take before the client gives up
 /// (and records it indeterminate).
@@ -89,7 +96,7 @@ pub(crate) struct Client {
     /// The owner it acquires as.
     pub(crate) owner: String,
     rec: Recorder,
-    node: Arc<Node>,
+    target: Arc<dyn Target>,
     storage: Arc<Storage>,
     log: Arc<Log>,
 }
@@ -103,13 +110,18 @@ fn sd(d: Option<prost_types::Duration>, asked: Duration) -> Duration {
 }
 
 /// A failed call: a status the server sent, or a transport failure after
-/// which the request may or may not have been applied.
+/// which the request may or may not have been applied. A backend (etcd)
+/// that did not answer may have applied the change all the same: that is
+/// indeterminate too, unlike the memory backend's refusals, which change
+/// nothing.
 fn failure(s: &tonic::Status) -> Outcome {
     let transport = std::error::Error::source(s).is_some()
         || (s.code() == Code::Unknown && s.message().contains("transport"))
         || s.code() == Code::Cancelled;
     if transport {
         Outcome::Indeterminate(Indeterminacy::ConnectionLost)
+    } else if s.code() == Code::Unavailable && s.message().starts_with("backend unavailable:") {
+        Outcome::Indeterminate(Indeterminacy::BackendUnreachable)
     } else {
         Outcome::Failed { code: GrpcCode(s.code() as i32), message: s.message().to_owned() }
     }
@@ -121,18 +133,11 @@ impl Client {
         process: u32,
         owner: &str,
         rec: &Recorder,
-        node: &Arc<Node>,
+        target: Arc<dyn Target>,
         storage: &Arc<Storage>,
         log: &Arc<Log>,
     ) -> Client {
-        Client {
-            process,
-            owner: owner.into(),
-            rec: rec.clone(),
-            node: node.clone(),
-            storage: storage.clone(),
-            log: log.clone(),
-        }
+        Client { process, owner: owner.into(), rec: rec.clone(), target, storage: storage.clone(), log: log.clone() }
     }
 
     /// Now on the recorder's clock.
@@ -149,7 +154,7 @@ impl Client {
             wait_timeout: Some(pd(wait)),
             share_result: false,
         };
-        let mut c = self.node.client();
+        let mut c = self.target.client();
         let pending = self.rec.invoke(self.process, key, &self.owner, Op::Acquire { ttl, wait });
         let outcome = match tokio::time::timeout(wait + CALL_SLACK, c.acquire(req)).await {
             Err(_) => Outcome::Indeterminate(Indeterminacy::TimedOut),
@@ -167,7 +172,7 @@ impl Client {
     /// Renew `key`'s lease `token` for `ttl`.
     pub(crate) async fn renew(&self, key: &str, token: u64, ttl: Duration) -> Operation {
         let req = v1::RenewRequest { key: key.into(), fencing_token: token, ttl: Some(pd(ttl)) };
-        let mut c = self.node.client();
+        let mut c = self.target.client();
         let pending = self.rec.invoke(self.process, key, &self.owner, Op::Renew { token, ttl });
         let outcome = match tokio::time::timeout(CALL_SLACK, c.renew(req)).await {
             Err(_) => Outcome::Indeterminate(Indeterminacy::TimedOut),
@@ -180,12 +185,34 @@ impl Client {
     /// Release `key`'s lease `token`.
     pub(crate) async fn release(&self, key: &str, token: u64) -> Operation {
         let req = v1::ReleaseRequest { key: key.into(), fencing_token: token, result: None };
-        let mut c = self.node.client();
+        let mut c = self.target.client();
         let pending = self.rec.invoke(self.process, key, &self.owner, Op::Release { token });
         let outcome = match tokio::time::timeout(CALL_SLACK, c.release(req)).await {
             Err(_) => Outcome::Indeterminate(Indeterminacy::TimedOut),
             Ok(Err(s)) => failure(&s),
             Ok(Ok(r)) => Outcome::Released { released: r.into_inner().released },
+        };
+        self.done(pending.complete(outcome))
+    }
+
+    /// GetLock `key`: who holds it and for how long still, as an
+    /// observation the checker holds against the acknowledged extensions.
+    pub(crate) async fn get_lock(&self, key: &str) -> Operation {
+        let req = v1::GetLockRequest { key: key.into() };
+        let mut c = self.target.client();
+        let pending = self.rec.invoke(self.process, key, &self.owner, Op::GetLock);
+        let outcome = match tokio::time::timeout(CALL_SLACK, c.get_lock(req)).await {
+            Err(_) => Outcome::Indeterminate(Indeterminacy::TimedOut),
+            Ok(Err(s)) => failure(&s),
+            Ok(Ok(r)) => {
+                let info = r.into_inner();
+                let holder = info.held.then(|| Observed {
+                    owner: info.owner,
+                    token: info.fencing_token,
+                    expires_in: sd(info.expires_in, Duration::ZERO),
+                });
+                Outcome::Observed { holder }
+            }
         };
         self.done(pending.complete(outcome))
     }
@@ -312,6 +339,12 @@ pub(crate) async fn client_loop(c: Client, w: Workload, sw: Arc<Switches>, mut r
             let renew = c.renew(&key, token, ttl).await;
             match renew.completed {
                 Some((_, Outcome::Renewed { ttl })) => valid_until = renew.invoked + ttl,
+                Some((_, Outcome::Failed { code, .. })) if code != GrpcCode::NOT_FOUND => {
+                    // A refused renew must have changed nothing (defect 5 of
+                    // issue 9): look, and let the checker compare.
+                    c.get_lock(&key).await;
+                    break;
+                }
                 _ => break,
             }
             if c.now() < valid_until {

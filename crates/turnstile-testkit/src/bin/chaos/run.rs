@@ -1,5 +1,6 @@
-//! A chaos run: background clients against one `turnstiled`, nemeses
-//! injected between quiet spells, then the recorded history checked.
+//! A chaos run: background clients against one `turnstiled` (memory
+//! backend) or three etcd sidecars, nemeses injected between quiet spells,
+//! then the recorded history checked.
 //!
 //! Shared by the `chaos` binary and `turnstile-server/tests/chaos.rs`; each
 //! uses a part of it.
@@ -13,57 +14,41 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use turnstile_testkit::history::{check, History, Recorder, Summary, Violation};
 
-use crate::client::{client_loop, Client, Log, Rng, Storage, Switches, Workload};
-use crate::node::{Node, ReadOnly};
+use crate::client::{client_loop, Client, Log, Rng, Storage, Switches, Target, Workload};
+use crate::cluster::Cluster;
+pub(crate) use crate::faults::Nemesis;
+use crate::node::Node;
 
-/// A fault the runner can inject.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Nemesis {
-    /// SIGKILL turnstiled, restart it on the same data dir.
-    Kill,
-    /// SIGKILL, restart, SIGTERM while it still refuses grants (crash
-    /// recovery), restart again.
-    TermDuringRecovery,
-    /// SIGSTOP turnstiled for longer than the TTL, then SIGCONT.
-    Pause,
-    /// The next holder stops renewing past its TTL, then still writes.
-    StalledClient,
-    /// The data dir turns read-only for a while.
-    ReadOnlyDir,
+/// Which backend a run drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// One `turnstiled`, its state in a data dir.
+    Memory,
+    /// One etcd and three `turnstiled --backend etcd` sidecars.
+    Etcd,
 }
 
-impl Nemesis {
-    /// Every nemesis, in the order a run cycles through them.
-    pub(crate) const ALL: [Nemesis; 5] =
-        [Nemesis::Kill, Nemesis::Pause, Nemesis::StalledClient, Nemesis::TermDuringRecovery, Nemesis::ReadOnlyDir];
-
-    /// Its command-line name.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Nemesis::Kill => "kill",
-            Nemesis::TermDuringRecovery => "term-recovery",
-            Nemesis::Pause => "pause",
-            Nemesis::StalledClient => "stall",
-            Nemesis::ReadOnlyDir => "read-only",
-        }
-    }
-
-    /// By command-line name.
-    pub(crate) fn parse(s: &str) -> Option<Nemesis> {
-        Nemesis::ALL.into_iter().find(|n| n.name() == s)
-    }
+/// The processes under test.
+pub(crate) enum System {
+    /// The memory backend's one process.
+    Memory(Arc<Node>),
+    /// etcd and its sidecars.
+    Etcd(Arc<Cluster>),
 }
+
+/// Size of the tmpfs the memory backend's data dir is (so it can be filled).
+const DATA_DIR_KIB: u64 = 256;
 
 /// The arguments every `turnstiled` of a run gets besides its data dir: a
 /// short horizon step keeps crash-recovery holds about one TTL long.
 pub(crate) const TURNSTILED_ARGS: [&str; 2] = ["--horizon-step", "200ms"];
 
-/// One run's recorder, server, storage and clients.
+/// One run's recorder, processes, storage and clients.
 pub(crate) struct Chaos {
     /// The recorder every client writes to.
     pub(crate) rec: Recorder,
-    /// The server under test.
-    pub(crate) node: Arc<Node>,
+    /// The processes under test.
+    pub(crate) system: System,
     storage: Arc<Storage>,
     /// Event printing and counters.
     pub(crate) log: Arc<Log>,
@@ -74,6 +59,10 @@ pub(crate) struct Chaos {
     pub(crate) faults: Vec<(Duration, Nemesis, String)>,
     /// Nemeses that could not be done here, and why.
     pub(crate) not_possible: Vec<(Nemesis, String)>,
+    /// Exits that no nemesis caused: (when, which process, what: status and stderr).
+    pub(crate) crashes: Vec<(Duration, String, String)>,
+    /// What a nemesis asserted and found otherwise: (when, what).
+    pub(crate) failed_checks: Vec<(Duration, String)>,
 }
 
 /// What a run found.
@@ -86,6 +75,10 @@ pub(crate) struct Report {
     pub(crate) faults: Vec<(Duration, Nemesis, String)>,
     /// Nemeses that could not be done here, and why.
     pub(crate) not_possible: Vec<(Nemesis, String)>,
+    /// Exits that no nemesis caused: (when, which process, what).
+    pub(crate) crashes: Vec<(Duration, String, String)>,
+    /// What a nemesis asserted and found otherwise: (when, what).
+    pub(crate) failed_checks: Vec<(Duration, String)>,
 }
 
 impl fmt::Display for Report {
@@ -105,6 +98,12 @@ impl fmt::Display for Report {
         for (n, why) in &self.not_possible {
             writeln!(f, "NOT TESTED: {} — {why}", n.name())?;
         }
+        for (at, who, what) in &self.crashes {
+            writeln!(f, "FINDING: {who} exited on its own at {:.3} ms: {what}", at.as_secs_f64() * 1e3)?;
+        }
+        for (at, what) in &self.failed_checks {
+            writeln!(f, "FAILED CHECK at {:.3} ms: {what}", at.as_secs_f64() * 1e3)?;
+        }
         match &self.verdict {
             Ok(s) => writeln!(f, "history: {s}\nverdict: OK (no violation of the lock model)"),
             Err(v) => write!(f, "history: {} ops\nverdict: {v}", self.history.ops.len()),
@@ -113,32 +112,72 @@ impl fmt::Display for Report {
 }
 
 impl Chaos {
-    /// Starts `turnstiled` (memory backend, fresh data dir); `checked_storage:
-    /// false` is the fault switch whose violations the checker must find.
-    pub(crate) async fn start(checked_storage: bool, print_ops: bool) -> Chaos {
-        let rec = Recorder::new();
-        let node = tokio::task::spawn_blocking(|| Node::start(&TURNSTILED_ARGS)).await.expect("start turnstiled");
-        let log = Arc::new(Log::new(rec.clone(), print_ops));
-        log.event(&format!(
-            "started turnstiled pid {} (memory backend, data dir {})",
-            node.pid(),
-            node.dir().display()
-        ));
+    fn new(system: System, checked_storage: bool, print_ops: bool, rec: Recorder) -> Chaos {
         Chaos {
+            log: Arc::new(Log::new(rec.clone(), print_ops)),
             rec,
-            node: Arc::new(node),
+            system,
             storage: Arc::new(Storage::new(checked_storage)),
-            log,
             sw: Arc::default(),
             clients: Vec::new(),
             faults: Vec::new(),
             not_possible: Vec::new(),
+            crashes: Vec::new(),
+            failed_checks: Vec::new(),
         }
     }
 
-    /// A client with process id `process`, acquiring as `owner`.
+    /// Starts `turnstiled` (memory backend, fresh data dir on a small
+    /// tmpfs where it can be mounted); `checked_storage: false` is the
+    /// fault switch whose violations the checker must find.
+    pub(crate) async fn start(checked_storage: bool, print_ops: bool) -> Chaos {
+        let rec = Recorder::new();
+        let node = tokio::task::spawn_blocking(|| Node::start(&TURNSTILED_ARGS, Some(DATA_DIR_KIB)))
+            .await
+            .expect("start turnstiled");
+        let chaos = Chaos::new(System::Memory(Arc::new(node)), checked_storage, print_ops, rec);
+        chaos.log.event(&format!(
+            "started turnstiled pid {} (memory backend, data dir {})",
+            chaos.node().pid(),
+            chaos.node().dir().display()
+        ));
+        chaos
+    }
+
+    /// Starts etcd and three sidecars in network namespaces of their own;
+    /// `Err` says why that is not possible here.
+    pub(crate) async fn start_etcd(checked_storage: bool, print_ops: bool) -> Result<Chaos, String> {
+        let rec = Recorder::new();
+        let cluster = tokio::task::spawn_blocking(|| Cluster::start(3)).await.expect("start etcd and sidecars")?;
+        let chaos = Chaos::new(System::Etcd(Arc::new(cluster)), checked_storage, print_ops, rec);
+        chaos.log.event(&format!("started {}", chaos.cluster().describe()));
+        Ok(chaos)
+    }
+
+    /// The memory backend's process (panics on an etcd run).
+    pub(crate) fn node(&self) -> &Arc<Node> {
+        match &self.system {
+            System::Memory(n) => n,
+            System::Etcd(_) => panic!("a memory-backend nemesis on an etcd run"),
+        }
+    }
+
+    /// etcd and the sidecars (panics on a memory run).
+    pub(crate) fn cluster(&self) -> &Arc<Cluster> {
+        match &self.system {
+            System::Etcd(c) => c,
+            System::Memory(_) => panic!("an etcd nemesis on a memory-backend run"),
+        }
+    }
+
+    /// A client with process id `process`, acquiring as `owner`; on etcd
+    /// runs it calls sidecar `process % 3`.
     pub(crate) fn client(&self, process: u32, owner: &str) -> Client {
-        Client::new(process, owner, &self.rec, &self.node, &self.storage, &self.log)
+        let target: Arc<dyn Target> = match &self.system {
+            System::Memory(n) => n.clone(),
+            System::Etcd(c) => c.sidecars[process as usize % c.sidecars.len()].clone(),
+        };
+        Client::new(process, owner, &self.rec, target, &self.storage, &self.log)
     }
 
     /// Starts `n` background clients (process ids 1..=n, owners `c1`…).
@@ -150,118 +189,90 @@ impl Chaos {
         }
     }
 
-    fn fault(&mut self, n: Nemesis, what: String) {
+    /// Records an injected fault, printing it.
+    pub(crate) fn fault(&mut self, n: Nemesis, what: String) {
         self.log.event(&format!("fault: {what}"));
         self.faults.push((self.rec.now(), n, what));
     }
 
-    /// SIGKILL, then a restart on the same data dir.
-    pub(crate) async fn kill_and_restart(&mut self) {
-        let old = self.node.pid();
-        let node = self.node.clone();
-        let new = tokio::task::spawn_blocking(move || {
-            node.kill();
-            node.restart()
-        })
-        .await
-        .expect("restart task")
-        .unwrap_or_else(|e| panic!("turnstiled did not restart after SIGKILL: {e}"));
-        self.fault(Nemesis::Kill, format!("SIGKILL turnstiled pid {old}; restarted as pid {new}"));
-    }
-
-    /// SIGKILL, restart, SIGTERM while it is still recovering (as `/readyz`
-    /// says), restart again.
-    pub(crate) async fn term_during_recovery(&mut self) {
-        let old = self.node.pid();
-        let node = self.node.clone();
-        let (mid, readyz, exit, new) = tokio::task::spawn_blocking(move || {
-            node.kill();
-            let mid = node.restart().unwrap_or_else(|e| panic!("turnstiled did not restart after SIGKILL: {e}"));
-            let readyz = node.readyz().map(|(code, body)| format!("{code} {body}")).unwrap_or_else(|e| e.to_string());
-            let exit = node.terminate().map(|(status, _)| status.to_string()).unwrap_or_default();
-            let new = node.restart();
-            (mid, readyz, exit, new)
-        })
-        .await
-        .expect("restart task");
-        let new = new.unwrap_or_else(|e| panic!("turnstiled did not restart after SIGTERM during recovery: {e}"));
-        let state = if readyz.contains("recovering") { "while recovering" } else { "(no recovery hold was in force)" };
-        self.fault(
-            Nemesis::TermDuringRecovery,
-            format!(
-                "SIGKILL pid {old}; restarted as pid {mid}; SIGTERM {state} (/readyz: {readyz}; {exit}); restarted as pid {new}"
-            ),
-        );
-    }
-
-    /// SIGSTOP for `d`, then SIGCONT.
-    pub(crate) async fn pause(&mut self, d: Duration) {
-        self.node.signal(libc::SIGSTOP);
-        self.log.event(&format!("fault: SIGSTOP turnstiled pid {} for {d:?}", self.node.pid()));
-        tokio::time::sleep(d).await;
-        self.node.signal(libc::SIGCONT);
-        self.fault(Nemesis::Pause, format!("SIGCONT turnstiled pid {} after {d:?}", self.node.pid()));
-    }
-
-    /// Asks the next holder to stall past its TTL and write anyway.
-    pub(crate) fn stall_a_client(&mut self) {
-        self.sw.stalls.fetch_add(1, Ordering::AcqRel);
-        self.fault(Nemesis::StalledClient, "the next holder will stall past its ttl, then write".into());
-    }
-
-    /// The data dir read-only for `d`; `false` (and noted) where that is not possible here.
-    pub(crate) async fn read_only_for(&mut self, d: Duration) -> bool {
-        match ReadOnly::apply(self.node.dir()) {
-            Ok(ro) => {
-                self.log.event(&format!("fault: data dir read-only ({:?}) for {d:?}", ro.how()));
-                tokio::time::sleep(d).await;
-                let how = ro.how();
-                drop(ro);
-                self.fault(Nemesis::ReadOnlyDir, format!("data dir writable again after {d:?} read-only ({how:?})"));
-                true
-            }
-            Err(e) => {
-                self.log.event(&format!("NOT POSSIBLE: {e}"));
-                if !self.not_possible.iter().any(|(n, _)| *n == Nemesis::ReadOnlyDir) {
-                    self.not_possible.push((Nemesis::ReadOnlyDir, e.to_string()));
-                }
-                false
-            }
+    /// Records a nemesis that could not be done here.
+    pub(crate) fn not_possible(&mut self, n: Nemesis, why: String) {
+        self.log.event(&format!("NOT POSSIBLE: {} — {why}", n.name()));
+        if !self.not_possible.iter().any(|(m, _)| *m == n) {
+            self.not_possible.push((n, why));
         }
     }
 
-    /// Injects one nemesis, sized by the workload's TTL.
-    pub(crate) async fn inject(&mut self, n: Nemesis, w: &Workload, rng: &mut Rng) {
-        match n {
-            Nemesis::Kill => self.kill_and_restart().await,
-            Nemesis::TermDuringRecovery => self.term_during_recovery().await,
-            Nemesis::Pause => self.pause(rng.between(w.ttl * 2, w.ttl * 4)).await,
-            Nemesis::StalledClient => self.stall_a_client(),
-            Nemesis::ReadOnlyDir => {
-                self.read_only_for(rng.between(w.ttl * 2, w.ttl * 4)).await;
-            }
-        }
+    /// Records a check of a nemesis that failed.
+    pub(crate) fn failed_check(&mut self, what: String) {
+        self.log.event(&format!("FAILED CHECK: {what}"));
+        self.failed_checks.push((self.rec.now(), what));
     }
 
-    /// Stops the clients, waits for them, and checks the history.
+    /// Notes and restarts processes that exited although no nemesis
+    /// stopped them; `true` if one had.
+    pub(crate) async fn restart_if_it_died(&mut self) -> bool {
+        let found: Vec<(String, u32, String)> = match &self.system {
+            System::Memory(node) => {
+                let node = node.clone();
+                let exited = tokio::task::spawn_blocking(move || {
+                    let exited = node.exited_on_its_own()?;
+                    Some((exited, node.restart()))
+                })
+                .await
+                .expect("reap task");
+                let Some(((pid, status, stderr), restarted)) = exited else { return false };
+                let tail: Vec<&str> = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+                let restarted =
+                    restarted.unwrap_or_else(|e| panic!("turnstiled did not restart after exiting on its own: {e}"));
+                vec![(
+                    "turnstiled".to_owned(),
+                    pid,
+                    format!("{status}; stderr ends: {}; restarted as pid {restarted}", tail.join(" | ")),
+                )]
+            }
+            System::Etcd(cluster) => {
+                let cluster = cluster.clone();
+                tokio::task::spawn_blocking(move || cluster.reap()).await.expect("reap task")
+            }
+        };
+        for (who, pid, what) in &found {
+            self.log.event(&format!("FINDING: {who} pid {pid} exited on its own: {what}"));
+            self.crashes.push((self.rec.now(), format!("{who} pid {pid}"), what.clone()));
+        }
+        !found.is_empty()
+    }
+
+    /// Stops the clients, waits for them, stops the processes, and checks the history.
     pub(crate) async fn finish(mut self) -> Report {
         self.sw.stop.store(true, Ordering::Relaxed);
         for c in self.clients.drain(..) {
             c.await.expect("client task");
         }
-        let node = self.node.clone();
-        // A paused process would keep its state; resume it so SIGTERM works.
-        node.signal(libc::SIGCONT);
-        let _ = tokio::task::spawn_blocking(move || node.terminate()).await;
-        let history = self.rec.history();
+        self.restart_if_it_died().await;
+        match &self.system {
+            System::Memory(node) => {
+                let node = node.clone();
+                // A paused process would keep its state; resume it so SIGTERM works.
+                node.signal(libc::SIGCONT);
+                let _ = tokio::task::spawn_blocking(move || node.terminate()).await;
+            }
+            System::Etcd(cluster) => cluster.resume_all(),
+        }
+        let Chaos { rec, system, faults, not_possible, crashes, failed_checks, .. } = self;
+        // The processes, namespaces and mounts go here, off the async threads.
+        tokio::task::spawn_blocking(move || drop(system)).await.expect("teardown task");
+        let history = rec.history();
         let verdict = check(&history);
-        Report { history, verdict, faults: self.faults, not_possible: self.not_possible }
+        Report { history, verdict, faults, not_possible, crashes, failed_checks }
     }
 }
 
 /// Settings of a whole run.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
+    /// Which backend.
+    pub(crate) backend: Backend,
     /// How long the clients run.
     pub(crate) duration: Duration,
     /// Background clients.
@@ -281,9 +292,13 @@ pub(crate) struct Settings {
 }
 
 /// Runs clients and nemeses for `s.duration`, printing faults and progress,
-/// and checks the history.
-pub(crate) async fn run(s: &Settings) -> Report {
-    let mut chaos = Chaos::start(s.checked_storage, s.print_ops).await;
+/// and checks the history. `Err`: the processes under test could not be
+/// set up here (for etcd: no network namespaces, no etcd), and why.
+pub(crate) async fn run(s: &Settings) -> Result<Report, String> {
+    let mut chaos = match s.backend {
+        Backend::Memory => Chaos::start(s.checked_storage, s.print_ops).await,
+        Backend::Etcd => Chaos::start_etcd(s.checked_storage, s.print_ops).await?,
+    };
     chaos.log.event(&format!(
         "{} clients on {} keys, ttl {:?} (one in eight {:?}), wait {:?}, nemeses {:?}, seed {}",
         s.clients,
@@ -301,6 +316,7 @@ pub(crate) async fn run(s: &Settings) -> Report {
     let mut turn = 0usize;
     while chaos.rec.now() - start < s.duration {
         tokio::time::sleep(rng.between(s.quiet.0, s.quiet.1)).await;
+        chaos.restart_if_it_died().await;
         if chaos.rec.now() >= next_progress {
             next_progress += Duration::from_secs(5);
             chaos.log.event(&format!(
@@ -318,5 +334,5 @@ pub(crate) async fn run(s: &Settings) -> Report {
         }
         turn += 1;
     }
-    chaos.finish().await
+    Ok(chaos.finish().await)
 }
