@@ -3,8 +3,8 @@
 #
 # Default: 20 s per target, targets `requests` and `core_ops` (see fuzz/README.md).
 # Works on a fresh machine with the stable toolchain: installs cargo-fuzz from
-# crates.io when missing (about 1 min), and a C++ compiler (libFuzzer) and
-# protoc (etcd-client's build script) with apt when missing. No nightly: the
+# crates.io when missing (about 1 min), and a C++ compiler (libFuzzer) with
+# apt when missing (no protoc: every proto compiles with protox). No nightly: the
 # targets are built with `--sanitizer none`, which needs no unstable flag
 # (the workspace denies unsafe code, so AddressSanitizer would add little);
 # FUZZ_SANITIZER=address asks for ASan, which needs a nightly default toolchain
@@ -37,10 +37,6 @@ apt_install() {
 if ! command -v c++ >/dev/null 2>&1; then
     echo "== installing g++ (libfuzzer-sys builds libFuzzer)"
     apt_install g++
-fi
-if ! command -v protoc >/dev/null 2>&1; then
-    echo "== installing protobuf-compiler (etcd-client's build script needs protoc)"
-    apt_install protobuf-compiler
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "== cargo install cargo-fuzz $cargo_fuzz_version"

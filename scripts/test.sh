@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
 # Runs the whole turnstile test suite. Installs what the tests need when it is
-# missing: etcd (the etcd backend's tests start a real one), protoc (the
-# etcd-client crate compiles etcd's protos with it) and promtool (Debian's
-# prometheus package: the metrics exposition is checked with it). Debian/Ubuntu apt.
+# missing: etcd (the etcd backend's tests start a real one) and promtool
+# (Debian's prometheus package: the metrics exposition is checked with it).
+# Debian/Ubuntu apt. No protoc: every proto in the workspace compiles with protox.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
-command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]} (needed by the tests)" >&2

@@ -38,7 +38,7 @@ impl Clock {
     fn step(&mut self, table: &mut LockTable<u64>) -> Time {
         self.n += 1;
         let now = Time::from_nanos(self.n * STEP_NANOS);
-        if self.n % TICK_EVERY == 0 {
+        if self.n.is_multiple_of(TICK_EVERY) {
             table.tick(now);
             table.drain_effects().for_each(drop);
         }

@@ -1,7 +1,7 @@
 //! Throughput of the etcd backend against etcd's own lock: the same
 //! acquire/release load, with the same concurrency, through
 //! `turnstiled --backend etcd` and straight through etcd's v3lock API (with
-//! etcd-client), in one run against one etcd.
+//! the etcd clients generated in turnstile-server), in one run against one etcd.
 //!
 //! Two loads, each run for both paths in alternation (twice), cycles/s summed:
 //! - `spread`: every caller locks its own rotating keys (no contention);
@@ -20,9 +20,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use etcd_client::LockOptions;
 use tonic::transport::{Channel, Endpoint};
 use turnstile_proto::v1::{self, lock_service_client::LockServiceClient};
+use turnstile_server::backend::etcd::proto::etcdserverpb::{lease_client::LeaseClient, LeaseGrantRequest};
+use turnstile_server::backend::etcd::proto::v3lockpb::{lock_client::LockClient, LockRequest, UnlockRequest};
 use turnstile_testkit::{Etcd, Turnstiled};
 
 /// Concurrent callers on each path.
@@ -249,22 +250,24 @@ async fn drive_sidecar(clients: &[LockServiceClient<Channel>], hot: bool, length
     .await
 }
 
-/// One etcd client per connection, each caller with its own session lease.
+/// One gRPC channel to etcd per connection, each caller with its own session lease.
 struct Direct {
-    clients: Vec<etcd_client::Client>,
+    clients: Vec<Channel>,
     leases: Vec<i64>,
 }
 
 async fn etcd_clients(etcd: &Etcd) -> Direct {
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS {
-        clients.push(etcd_client::Client::connect([etcd.url()], None).await.expect("connect to etcd"));
+        let endpoint = Endpoint::from_shared(etcd.url()).expect("etcd's URL");
+        clients.push(endpoint.connect().await.expect("connect to etcd"));
     }
     let mut leases = Vec::new();
     for caller in 0..CONCURRENCY {
         // Long enough for every run: a session lease, as etcd's own clients keep.
-        let lease = clients[caller % CONNECTIONS].lease_grant(600, None).await.expect("lease grant");
-        leases.push(lease.id());
+        let mut lease_client = LeaseClient::new(clients[caller % CONNECTIONS].clone());
+        let lease = lease_client.lease_grant(LeaseGrantRequest { ttl: 600, id: 0 }).await.expect("lease grant");
+        leases.push(lease.into_inner().id);
     }
     Direct { clients, leases }
 }
@@ -273,12 +276,12 @@ async fn etcd_clients(etcd: &Etcd) -> Direct {
 async fn drive_v3lock(direct: &Direct, hot: bool, length: Duration) -> Figures {
     let (clients, leases) = (direct.clients.clone(), direct.leases.clone());
     drive(length, move |caller, i| {
-        let mut locks = clients[caller % CONNECTIONS].lock_client();
+        let mut locks = LockClient::new(clients[caller % CONNECTIONS].clone());
         let lease = leases[caller];
         async move {
-            let locked = locks.lock(key(hot, caller, i), Some(LockOptions::new().with_lease(lease))).await;
-            let key = locked.expect("lock").key().to_vec();
-            locks.unlock(key).await.expect("unlock");
+            let locked = locks.lock(LockRequest { name: key(hot, caller, i).into(), lease }).await;
+            let key = locked.expect("lock").into_inner().key;
+            locks.unlock(UnlockRequest { key }).await.expect("unlock");
         }
     })
     .await

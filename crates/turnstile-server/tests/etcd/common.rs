@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 use turnstile_proto::v1::{self, lock_service_client::LockServiceClient};
+use turnstile_server::backend::etcd::proto::etcdserverpb::{kv_client::KvClient, RangeRequest};
 use turnstile_testkit::{Etcd, Turnstiled};
 
 pub(crate) type Client = LockServiceClient<Channel>;
@@ -96,17 +97,24 @@ pub(crate) async fn await_waiters(c: &Client, key: &str, n: u32) {
 
 /// The etcd lease of `owner`'s queue entry of `key`, under the default
 /// prefix, read straight from etcd (layout: `turnstile/ \0 key \0 q <nonce>`).
-pub(crate) async fn entry_lease(etcd: &mut etcd_client::Client, key: &str, owner: &str) -> i64 {
-    let queue = format!("turnstile/\0{key}\0q");
-    let resp =
-        etcd.get(queue, Some(etcd_client::GetOptions::new().with_prefix())).await.expect("read the queue from etcd");
+pub(crate) async fn entry_lease(etcd: &Channel, key: &str, owner: &str) -> i64 {
+    // Every key that starts with `… \0 q`: up to `… \0 r`.
+    let (queue, end) = (format!("turnstile/\0{key}\0q"), format!("turnstile/\0{key}\0r"));
+    let range = RangeRequest { key: queue.into_bytes(), range_end: end.into_bytes(), ..RangeRequest::default() };
+    let resp = KvClient::new(etcd.clone()).range(range).await.expect("read the queue from etcd").into_inner();
     let needle = format!("\"owner\":\"{owner}\"");
     let kv = resp
-        .kvs()
+        .kvs
         .iter()
-        .find(|kv| String::from_utf8_lossy(kv.value()).contains(&needle))
+        .find(|kv| String::from_utf8_lossy(&kv.value).contains(&needle))
         .unwrap_or_else(|| panic!("no queue entry of {owner} under {key:?}"));
-    kv.lease()
+    kv.lease
+}
+
+/// A gRPC channel straight to `etcd`, for etcd's own clients
+/// ([`turnstile_server::backend::etcd::proto`]).
+pub(crate) async fn etcd_channel(etcd: &Etcd) -> Channel {
+    Channel::from_shared(etcd.url()).expect("etcd's URL").connect().await.expect("connect to etcd")
 }
 
 /// Acquires once the sidecar can reach etcd again: UNAVAILABLE answers are

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use turnstile_client::LostReason;
 use turnstile_proto::v1;
+use turnstile_server::backend::etcd::proto::etcdserverpb::{lease_client::LeaseClient, LeaseRevokeRequest};
 use turnstile_testkit::Etcd;
 
 use crate::common::*;
@@ -151,14 +152,15 @@ async fn waiter_whose_lease_was_revoked_is_never_granted() {
     let etcd = Etcd::start();
     let (a, b) = (sidecar(&etcd, &[]), sidecar(&etcd, &[]));
     let (mut ca, mut cb) = (client(&a).await, client(&b).await);
-    let mut direct = etcd_client::Client::connect([etcd.url()], None).await.expect("connect to etcd");
+    let direct = etcd_channel(&etcd).await;
     let holder = must_acquire(&mut ca, acquire("revoked", "holder", LONG, Duration::ZERO)).await;
     let waiter = tokio::spawn(async move { cb.acquire(acquire("revoked", "waiter", LONG, WAIT)).await });
     await_waiters(&ca, "revoked", 1).await;
     // Within a second of the waiter's enqueue (its lease's headroom), so that
     // the waiter's sidecar has no reason of its own to ask etcd about it.
-    let lease = entry_lease(&mut direct, "revoked", "waiter").await;
-    direct.lease_revoke(lease).await.expect("revoke the waiter's lease");
+    let lease = entry_lease(&direct, "revoked", "waiter").await;
+    let revoke = LeaseRevokeRequest { id: lease };
+    LeaseClient::new(direct).lease_revoke(revoke).await.expect("revoke the waiter's lease");
     must_release(&mut ca, &holder).await;
     let res = tokio::time::timeout(WAIT, waiter).await.expect("the waiter is answered").expect("waiter task");
     match res {

@@ -19,16 +19,15 @@
 
 use std::sync::Arc;
 
-use etcd_client::{
-    Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
-    WatchFilterType, WatchResponse, WatchStream,
-};
 use turnstile_core::{CoreError, Time};
 
+use super::client::{
+    Branch, CallError, Cond, EventType, Get, Read, Skip, SortOrder, SortTarget, Txn, Watch, WatchResponse, Write,
+};
 use super::holders::Held;
 use super::layout::EntryValue;
 use super::leases::ActiveLease;
-use super::{count_op, entry_is, first_op, head_of, inspect, rev_token, secs, Inner};
+use super::{entry_is, first_entry, inspect, rev_token, secs, Head, Inner};
 use crate::backend::{AcquireOutcome, AcquireRequest, Grant};
 use crate::error::BackendError;
 
@@ -69,23 +68,20 @@ async fn attempt(
     let entry = inner.layout.entry(&req.key, id);
     let queue = inner.layout.queue(&req.key);
     let value = EntryValue { owner: req.owner.clone(), ttl, share: req.share_result };
-    let put = TxnOp::put(entry.clone(), value.encode(), Some(PutOptions::new().with_lease(id)));
+    let put = Write::put(&entry, value.encode(), id);
     let try_once = req.wait.is_zero();
     // Into an empty queue: just the entry. Else a try-lock writes nothing,
     // and a waiter enqueues and reads the head and length of the queue.
-    let empty =
-        Txn::new().when([Compare::version(queue.clone(), CompareOp::Equal, 0).with_prefix()]).and_then([put.clone()]);
-    let txn = if try_once {
-        empty.or_else([first_op(&queue), count_op(&queue)])
-    } else {
-        // The last two entries by create revision: ours, and the one just ahead.
-        let last_two = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Descend)
-            .with_limit(2)
-            .with_keys_only();
-        empty.or_else([put, first_op(&queue), count_op(&queue), TxnOp::get(queue.clone(), Some(last_two))])
-    };
+    let mut txn = Txn::when([Cond::none_under(&queue)]).with(Branch::Then, put.clone());
+    if !try_once {
+        txn.write(Branch::Else, put);
+    }
+    let head = Head::read(&mut txn, Branch::Else, &queue);
+    // The last two entries by create revision: ours, and the one just ahead.
+    let last_two = (!try_once).then(|| {
+        let last_two = Get::prefix(&queue).sorted(SortTarget::Create, SortOrder::Descend).limit(2).keys_only();
+        txn.read(Branch::Else, last_two)
+    });
     // Until the answer says otherwise, an entry may exist: undo by revoking.
     guard.written = true;
     let resp = if restart {
@@ -101,36 +97,30 @@ async fn attempt(
     let rev = resp.revision;
     let enqueued = !try_once || resp.succeeded;
     guard.written = enqueued;
-    let (first, count) = match (resp.succeeded, try_once) {
-        (true, _) => (None, 1),
-        (false, true) => head_of(&resp, 0),
-        (false, false) => head_of(&resp, 1),
-    };
+    let (first, count) = if resp.succeeded { (None, 1) } else { head.of(&resp) };
     // Without a write the revision is the store's, not an entry's.
     let ours_rev = enqueued.then_some(rev);
-    let Some(holder) = first.filter(|f| Some(f.create_revision()) != ours_rev) else {
+    let Some(holder) = first.filter(|f| Some(f.create_revision) != ours_rev) else {
         // Ours is the lowest entry: granted, on a lease whose TTL began after `started`.
         return Ok(Some(granted(inner, req, entry, rev, rev, guard.into_lease(), started)));
     };
-    let holder_value = EntryValue::decode(holder.value());
+    let holder_value = EntryValue::decode(&holder.value);
     if holder_value.as_ref().is_some_and(|v| v.owner == req.owner) {
         // G5: the caller holds the key already. Move its entry to the new
         // lease (same create revision: same token) and drop ours.
-        let ours = enqueued.then_some(entry.as_slice());
-        let token = rev_token(holder.create_revision());
-        let mut ops = vec![TxnOp::put(
-            holder.key().to_vec(),
-            EntryValue { share: false, ..value.clone() }.encode(),
-            Some(PutOptions::new().with_lease(id)),
-        )];
-        ops.extend(ours.map(|e| TxnOp::delete(e.to_vec(), None)));
-        let txn = Txn::new().when(entry_is(holder.key(), token, holder.lease())).and_then(ops);
+        let token = rev_token(holder.create_revision);
+        let moved = EntryValue { share: false, ..value.clone() }.encode();
+        let mut txn = Txn::when(entry_is(&holder.key, token, holder.lease))
+            .with(Branch::Then, Write::put(&holder.key, moved, id));
+        if enqueued {
+            txn.write(Branch::Then, Write::delete(&entry));
+        }
         let resp = inner.write(&req.key, "refresh", txn).await?;
         if resp.succeeded {
-            inner.revoke_later(holder.lease());
+            inner.revoke_later(holder.lease);
             let lease = guard.into_lease();
             let outcome =
-                granted(inner, req, holder.key().to_vec(), holder.create_revision(), resp.revision, lease, started);
+                granted(inner, req, holder.key.clone(), holder.create_revision, resp.revision, lease, started);
             // The owner's own lease: never taken back if the reply is lost.
             let outcome = match outcome {
                 AcquireOutcome::Acquired(g) => AcquireOutcome::Refreshed(g),
@@ -155,12 +145,12 @@ async fn attempt(
     }
     guard.waiting = true;
     // What the enqueue saw just ahead of the new entry (the first look).
-    let ahead = match resp.ops.get(3) {
-        Some(TxnOpResponse::Get(g)) if g.kvs().first().is_some_and(|kv| kv.create_revision() == rev) => {
-            g.kvs().get(1).map(|kv| Ahead::Entry(kv.key().to_vec(), rev, kv.key() == holder.key()))
+    let ahead = last_two.map(|r| resp.kvs(r)).and_then(|kvs| match kvs {
+        [ours, ahead, ..] if ours.create_revision == rev => {
+            Some(Ahead::Entry(ahead.key.clone(), rev, ahead.key == holder.key))
         }
         _ => None,
-    };
+    });
     let waiter =
         Waiter { key: &req.key, entry: &entry, rev, share: req.share_result, deadline: started + req.wait, started };
     match wait_turn(inner, &waiter, &mut guard.lease, ahead).await? {
@@ -320,7 +310,7 @@ async fn wait_turn(
     let mut next_keep_alive = clock.now() + keep_alive_every;
     let results = inner.layout.results(w.key);
     let mut results_watch = match w.share {
-        true => Some(inner.watch(&results, true, w.rev + 1, WatchFilterType::NoDelete).await?),
+        true => Some(inner.watch(&results, true, w.rev + 1, Skip::Deletes).await?),
         false => None,
     };
     let mut first_look = true;
@@ -345,12 +335,12 @@ async fn wait_turn(
         if !alive {
             return Err(lease_lost(w, lease));
         }
-        let mut watch = inner.watch(&ahead, false, read_at + 1, WatchFilterType::NoPut).await?;
+        let mut watch = inner.watch(&ahead, false, read_at + 1, Skip::Puts).await?;
         loop {
             tokio::select! {
                 msg = watch.message() => {
                     let resp = watch_message(inner, msg)?;
-                    let gone = resp.events().iter().any(|e| e.event_type() == EventType::Delete);
+                    let gone = resp.events.iter().any(|e| e.r#type() == EventType::Delete);
                     if gone && head && !w.share {
                         let at = clock.now();
                         let confirmed = if lease.covers(at) {
@@ -366,17 +356,17 @@ async fn wait_turn(
                             None => Err(lease_lost(w, lease)),
                         };
                     }
-                    if gone || resp.canceled() {
+                    if gone || resp.canceled {
                         break; // look again: the entry ahead is gone (or the watch ended)
                     }
                 }
                 msg = next_message(&mut results_watch) => {
                     let resp = watch_message(inner, msg)?;
-                    let result = resp.events().iter().filter_map(|e| e.kv()).find(|kv| kv.mod_revision() > w.rev);
+                    let result = resp.events.into_iter().filter_map(|e| e.kv).find(|kv| kv.mod_revision > w.rev);
                     if let Some(kv) = result {
-                        return Ok(Turn::Shared(kv.value().to_vec()));
+                        return Ok(Turn::Shared(kv.value));
                     }
-                    if resp.canceled() {
+                    if resp.canceled {
                         // Compacted away: the look in `predecessor` still finds results.
                         results_watch = None;
                     }
@@ -395,7 +385,7 @@ async fn wait_turn(
 }
 
 /// The next message of an optional watch (pending forever without one).
-async fn next_message(watch: &mut Option<WatchStream>) -> Result<Option<WatchResponse>, etcd_client::Error> {
+async fn next_message(watch: &mut Option<Watch>) -> Result<Option<WatchResponse>, CallError> {
     match watch {
         Some(w) => w.message().await,
         None => std::future::pending().await,
@@ -403,10 +393,7 @@ async fn next_message(watch: &mut Option<WatchStream>) -> Result<Option<WatchRes
 }
 
 /// A watch message, or UNAVAILABLE when the watch broke (etcd went away).
-fn watch_message(
-    inner: &Inner,
-    msg: Result<Option<WatchResponse>, etcd_client::Error>,
-) -> Result<WatchResponse, BackendError> {
+fn watch_message(inner: &Inner, msg: Result<Option<WatchResponse>, CallError>) -> Result<WatchResponse, BackendError> {
     match msg {
         Ok(Some(resp)) => Ok(resp),
         Ok(None) => Err(inner.unavailable("watch", &"the watch stream ended")),
@@ -417,37 +404,28 @@ fn watch_message(
 /// One linearizable read of what is ahead of the waiter: the entry just ahead,
 /// the waiter's own entry, and for a sharing waiter a result released since it queued.
 async fn predecessor(inner: &Inner, w: &Waiter<'_>, results: &[u8]) -> Result<Ahead, BackendError> {
-    let ahead = GetOptions::new()
-        .with_prefix()
-        .with_max_create_revision(w.rev - 1)
-        .with_sort(SortTarget::Create, SortOrder::Descend)
-        .with_limit(1)
-        .with_keys_only();
     let queue = inner.layout.queue(w.key);
-    let mut ops = vec![
-        TxnOp::get(queue.clone(), Some(ahead)),
-        TxnOp::get(w.entry.to_vec(), Some(GetOptions::new().with_keys_only())),
-        first_op(&queue),
-    ];
-    if w.share {
-        let since = GetOptions::new().with_prefix().with_min_mod_revision(w.rev + 1).with_limit(1);
-        ops.push(TxnOp::get(results.to_vec(), Some(since)));
+    let mut txn = Txn::new();
+    let just_ahead = Get::prefix(&queue)
+        .created_until(w.rev - 1)
+        .sorted(SortTarget::Create, SortOrder::Descend)
+        .limit(1)
+        .keys_only();
+    let ahead = txn.read(Branch::Then, just_ahead);
+    let own = txn.read(Branch::Then, Get::key(w.entry).keys_only());
+    let head = txn.read(Branch::Then, first_entry(&queue));
+    let result: Option<Read> =
+        w.share.then(|| txn.read(Branch::Then, Get::prefix(results).modified_since(w.rev + 1).limit(1)));
+    let resp = inner.txn("read the entry ahead", txn).await?;
+    if let Some(kv) = result.and_then(|r| resp.first(r)) {
+        return Ok(Ahead::Result(kv.value.clone()));
     }
-    let resp = inner.txn("read the entry ahead", Txn::new().and_then(ops)).await?;
-    let ops = &resp.ops;
-    let first = |i: usize| match ops.get(i) {
-        Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
-        _ => None,
-    };
-    if let Some(kv) = first(3) {
-        return Ok(Ahead::Result(kv.value().to_vec()));
-    }
-    Ok(match first(0) {
+    Ok(match resp.first(ahead) {
         Some(kv) => {
-            let head = first(2).is_some_and(|h| h.key() == kv.key());
-            Ahead::Entry(kv.key().to_vec(), resp.revision, head)
+            let is_head = resp.first(head).is_some_and(|h| h.key == kv.key);
+            Ahead::Entry(kv.key.clone(), resp.revision, is_head)
         }
-        None => Ahead::Nobody(first(1).filter(|kv| kv.create_revision() == w.rev).map(|kv| kv.mod_revision())),
+        None => Ahead::Nobody(resp.first(own).filter(|kv| kv.create_revision == w.rev).map(|kv| kv.mod_revision)),
     })
 }
 
@@ -460,16 +438,11 @@ async fn predecessor(inner: &Inner, w: &Waiter<'_>, results: &[u8]) -> Result<Ah
 async fn confirm_entry(inner: &Inner, w: &Waiter<'_>, lease: i64) -> Result<Option<i64>, BackendError> {
     // The get makes the transaction a linearizable read: etcd serves a
     // transaction without range operations from the member's local state.
-    let read = TxnOp::get(w.entry.to_vec(), Some(GetOptions::new().with_keys_only()));
-    let txn = Txn::new().when(entry_is(w.entry, rev_token(w.rev), lease)).and_then([read]);
+    let mut txn = Txn::when(entry_is(w.entry, rev_token(w.rev), lease));
+    let own = txn.read(Branch::Then, Get::key(w.entry).keys_only());
     let resp = inner.txn("confirm the grant", txn).await?;
-    if !resp.succeeded {
-        return Ok(None);
-    }
-    Ok(match resp.ops.first() {
-        Some(TxnOpResponse::Get(g)) => g.kvs().first().map(|kv| kv.mod_revision()),
-        _ => None,
-    })
+    // Not there (the conditions failed): the branch with the read did not run.
+    Ok(resp.first(own).map(|kv| kv.mod_revision))
 }
 
 /// A waiter whose lease ended while it waited: never granted.

@@ -18,10 +18,9 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
-use etcd_client::{Client, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CallError, TxnOutcome};
+use super::client::{CallError, EtcdClient, Txn, TxnAnswer};
 
 /// Batches on their way to etcd at once.
 const IN_FLIGHT: usize = 2;
@@ -33,7 +32,7 @@ const MAX_JOBS: usize = 64;
 struct Job {
     key: String,
     txn: Txn,
-    reply: oneshot::Sender<Result<TxnOutcome, CallError>>,
+    reply: oneshot::Sender<Result<TxnAnswer, CallError>>,
 }
 
 /// Hands write transactions to the dispatcher task, which stops once the
@@ -44,27 +43,28 @@ pub(super) struct Batcher {
 
 impl Batcher {
     /// Starts the dispatcher on the current runtime.
-    pub(super) fn start(client: Client, timeout: Duration) -> Self {
+    pub(super) fn start(client: EtcdClient, timeout: Duration) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
         tokio::spawn(dispatch(client, timeout, queue));
         Batcher { jobs }
     }
 
     /// Runs `txn` (whose writes touch only `key`'s etcd keys), within `timeout`.
-    pub(super) async fn run(&self, key: &str, txn: Txn, timeout: Duration) -> Result<TxnOutcome, CallError> {
+    pub(super) async fn run(&self, key: &str, txn: Txn, timeout: Duration) -> Result<TxnAnswer, CallError> {
         let (reply, answer) = oneshot::channel();
         if self.jobs.send(Job { key: key.to_owned(), txn, reply }).is_err() {
-            return Err(CallError::Etcd(etcd_client::Error::Internal("the etcd batcher has stopped".into())));
+            return Err(CallError::BatcherStopped);
         }
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(res)) => res,
-            Ok(Err(_)) => Err(CallError::Etcd(etcd_client::Error::Internal("the etcd batcher dropped a call".into()))),
+            // The dispatcher answers every job it takes, unless the runtime is going away.
+            Ok(Err(_)) => Err(CallError::BatcherStopped),
             Err(_) => Err(CallError::TimedOut),
         }
     }
 }
 
-async fn dispatch(client: Client, timeout: Duration, mut jobs: mpsc::UnboundedReceiver<Job>) {
+async fn dispatch(client: EtcdClient, timeout: Duration, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let (done_tx, mut done) = mpsc::unbounded_channel::<()>();
     let mut queue = VecDeque::new();
     let (mut in_flight, mut open) = (0, true);
@@ -118,54 +118,48 @@ fn take_batch(queue: &mut VecDeque<Job>) -> (Vec<Job>, Vec<Job>) {
 }
 
 /// One transaction alone.
-async fn send_one(client: &Client, timeout: Duration, txn: Txn) -> Result<TxnOutcome, CallError> {
-    match tokio::time::timeout(timeout, client.kv_client().txn(txn)).await {
-        Ok(Ok(resp)) => Ok(TxnOutcome::from(resp)),
-        Ok(Err(e)) => Err(CallError::Etcd(e)),
-        Err(_) => Err(CallError::TimedOut),
-    }
+async fn send_one(client: &EtcdClient, timeout: Duration, txn: &Txn) -> Result<TxnAnswer, CallError> {
+    tokio::time::timeout(timeout, client.txn(txn)).await.unwrap_or(Err(CallError::TimedOut))
 }
 
 /// Sends a batch and answers its jobs.
-async fn send(client: &Client, timeout: Duration, mut batch: Vec<Job>) {
+async fn send(client: &EtcdClient, timeout: Duration, mut batch: Vec<Job>) {
     if batch.len() == 1 {
         if let Some(job) = batch.pop() {
-            let _ = job.reply.send(send_one(client, timeout, job.txn).await);
+            let _ = job.reply.send(send_one(client, timeout, &job.txn).await);
         }
         return;
     }
-    let nested: Vec<TxnOp> = batch.iter().map(|j| TxnOp::txn(j.txn.clone())).collect();
-    match send_one(client, timeout, Txn::new().and_then(nested)).await {
-        Ok(all) => {
-            for (job, answer) in batch.into_iter().zip(all.ops) {
-                let outcome = match answer {
-                    TxnOpResponse::Txn(t) => {
-                        Ok(TxnOutcome { succeeded: t.succeeded(), ops: t.op_responses(), revision: all.revision })
-                    }
-                    _ => Err(CallError::Etcd(etcd_client::Error::Internal("unexpected batch response".into()))),
-                };
-                let _ = job.reply.send(outcome);
+    let all = Txn::batch(batch.iter().map(|j| &j.txn));
+    match send_one(client, timeout, &all).await.and_then(TxnAnswer::nested) {
+        Ok(answers) if answers.len() == batch.len() => {
+            for (job, answer) in batch.into_iter().zip(answers) {
+                let _ = job.reply.send(Ok(answer));
+            }
+        }
+        Ok(_) => {
+            for job in batch {
+                let _ = job.reply.send(Err(CallError::Malformed("a different number of answers")));
             }
         }
         // etcd refused the batch itself (not the network): one job's operation
         // is at fault. Send each alone so that only that one fails.
-        Err(CallError::Etcd(etcd_client::Error::GRpcStatus(s)))
+        Err(CallError::Status(s))
             if !matches!(
                 s.code(),
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
             ) =>
         {
             let alone = batch.into_iter().map(|job| async move {
-                let _ = job.reply.send(send_one(client, timeout, job.txn).await);
+                let _ = job.reply.send(send_one(client, timeout, &job.txn).await);
             });
             for each in alone.collect::<Vec<_>>() {
                 each.await;
             }
         }
         Err(e) => {
-            let reason = e.to_string();
             for job in batch {
-                let _ = job.reply.send(Err(CallError::Etcd(etcd_client::Error::Internal(reason.clone()))));
+                let _ = job.reply.send(Err(e.clone()));
             }
         }
     }

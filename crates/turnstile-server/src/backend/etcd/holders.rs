@@ -11,12 +11,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, WatchFilterType};
 use turnstile_core::{CoreError, Time};
 
+use super::client::{Branch, Cond, Get, Skip, Txn, Write};
 use super::layout::EntryValue;
 use super::leases::ActiveLease;
-use super::{entry_is, first_op, head_of, secs, token_rev, EtcdLease, Inner};
+use super::{entry_is, first_entry, secs, token_rev, EtcdLease, Inner};
 use crate::backend::Grant;
 use crate::clock::Clock;
 use crate::error::BackendError;
@@ -129,12 +129,8 @@ impl LocalLeases {
 /// unless it was rewritten since (renewed elsewhere), then revoke its lease.
 async fn expire(inner: &Arc<Inner>, key: &str, token: u64, mod_rev: i64) {
     let Some(held) = inner.local.lookup(key, token).filter(|h| h.mod_rev == mod_rev) else { return };
-    let txn = Txn::new()
-        .when([
-            Compare::create_revision(held.entry.clone(), CompareOp::Equal, token_rev(token)),
-            Compare::mod_revision(held.entry.clone(), CompareOp::Equal, mod_rev),
-        ])
-        .and_then([TxnOp::delete(held.entry.clone(), None)]);
+    let txn = Txn::when([Cond::created_at(&held.entry, token_rev(token)), Cond::modified_at(&held.entry, mod_rev)])
+        .with(Branch::Then, Write::delete(&held.entry));
     let res = inner.write(key, "expire", txn).await;
     inner.local.take_if(key, token, mod_rev);
     match res {
@@ -151,17 +147,17 @@ async fn expire(inner: &Arc<Inner>, key: &str, token: u64, mod_rev: i64) {
 
 /// Reads the holder of `key` from etcd if its token is `token`.
 async fn find_holder(inner: &Inner, key: &str, token: u64) -> Result<Option<Held>, BackendError> {
-    let queue = inner.layout.queue(key);
-    let resp = inner.txn("read holder", Txn::new().and_then([first_op(&queue)])).await?;
-    let (first, _) = head_of(&resp, 0);
-    Ok(first.filter(|kv| kv.create_revision() == token_rev(token)).map(|kv| {
-        let value = EntryValue::decode(kv.value());
+    let mut txn = Txn::new();
+    let first = txn.read(Branch::Then, first_entry(&inner.layout.queue(key)));
+    let resp = inner.txn("read holder", txn).await?;
+    Ok(resp.first(first).filter(|kv| kv.create_revision == token_rev(token)).map(|kv| {
+        let value = EntryValue::decode(&kv.value);
         Held {
-            entry: kv.key().to_vec(),
-            lease: kv.lease(),
+            entry: kv.key.clone(),
+            lease: kv.lease,
             ttl: value.as_ref().map_or(inner.min_ttl_secs, |v| v.ttl),
             owner: value.map(|v| v.owner).unwrap_or_default().into(),
-            mod_rev: kv.mod_revision(),
+            mod_rev: kv.mod_revision,
             deadline: inner.clock.now(),
         }
     }))
@@ -210,12 +206,8 @@ async fn renew_held(
     want: i64,
 ) -> Result<Option<(EtcdLease, i64)>, BackendError> {
     if want == held.ttl {
-        let touch = PutOptions::new().with_lease(held.lease).with_ignore_value();
-        let txn = Txn::new().when(entry_is(&held.entry, token, held.lease)).and_then([TxnOp::put(
-            held.entry.clone(),
-            Vec::new(),
-            Some(touch),
-        )]);
+        let txn = Txn::when(entry_is(&held.entry, token, held.lease))
+            .with(Branch::Then, Write::touch(&held.entry, held.lease));
         let resp = inner.write(key, "renew", txn).await?;
         let lease = EtcdLease { id: held.lease, ttl: held.ttl };
         if !resp.succeeded || !ActiveLease::new(lease, inner.clock.now()).keep_alive(inner).await? {
@@ -225,11 +217,8 @@ async fn renew_held(
     }
     let lease = inner.grant_lease(want).await?;
     let value = EntryValue { owner: held.owner.to_string(), ttl: lease.ttl, share: false };
-    let txn = Txn::new().when(entry_is(&held.entry, token, held.lease)).and_then([TxnOp::put(
-        held.entry.clone(),
-        value.encode(),
-        Some(PutOptions::new().with_lease(lease.id)),
-    )]);
+    let txn = Txn::when(entry_is(&held.entry, token, held.lease))
+        .with(Branch::Then, Write::put(&held.entry, value.encode(), lease.id));
     let resp = inner.write(key, "renew", txn).await;
     match resp {
         Ok(resp) if resp.succeeded => {
@@ -256,12 +245,11 @@ pub(super) async fn release(
     inner.check_open()?;
     for fresh in [false, true] {
         let Some(held) = holder(inner, &key, token, fresh).await? else { continue };
-        let mut ops = vec![TxnOp::delete(held.entry.clone(), None)];
+        let mut txn =
+            Txn::when(entry_is(&held.entry, token, held.lease)).with(Branch::Then, Write::delete(&held.entry));
         if let Some(bytes) = &result {
-            let on_lease = PutOptions::new().with_lease(held.lease);
-            ops.push(TxnOp::put(inner.layout.result(&key, token), bytes.clone(), Some(on_lease)));
+            txn.write(Branch::Then, Write::put(&inner.layout.result(&key, token), bytes.clone(), held.lease));
         }
-        let txn = Txn::new().when(entry_is(&held.entry, token, held.lease)).and_then(ops);
         let resp = match &result {
             // A large result gets a request of its own.
             Some(bytes) if bytes.len() > BATCHED_RESULT_BYTES => inner.txn("release", txn).await?,
@@ -305,29 +293,24 @@ fn retain_result(inner: &Arc<Inner>, key: &str, lease: i64, released_at: i64) {
 /// Completes when the sharing entries of `key` that existed at `at` are gone.
 async fn sharers_gone(inner: &Inner, key: &str, at: i64) -> Result<(), BackendError> {
     let queue = inner.layout.queue(key);
-    let resp = inner
-        .call(
-            "read sharers",
-            inner.client.kv_client().get(queue.clone(), Some(GetOptions::new().with_prefix().with_revision(at))),
-        )
-        .await?;
+    let resp = inner.call("read sharers", inner.client.get(Get::prefix(&queue).at_revision(at))).await?;
     let mut left: HashSet<Vec<u8>> = resp
-        .kvs()
-        .iter()
-        .filter(|kv| EntryValue::decode(kv.value()).is_some_and(|v| v.share))
-        .map(|kv| kv.key().to_vec())
+        .kvs
+        .into_iter()
+        .filter(|kv| EntryValue::decode(&kv.value).is_some_and(|v| v.share))
+        .map(|kv| kv.key)
         .collect();
     if left.is_empty() {
         return Ok(());
     }
-    let mut watch = inner.watch(&queue, true, at + 1, WatchFilterType::NoPut).await?;
+    let mut watch = inner.watch(&queue, true, at + 1, Skip::Puts).await?;
     while !left.is_empty() {
         let Some(resp) = watch.message().await.map_err(|e| inner.unavailable("watch", &e))? else { break };
-        if resp.canceled() {
+        if resp.canceled {
             break;
         }
-        for kv in resp.events().iter().filter_map(|e| e.kv()) {
-            left.remove(kv.key());
+        for kv in resp.events.iter().filter_map(|e| e.kv.as_ref()) {
+            left.remove(&kv.key);
         }
     }
     Ok(())

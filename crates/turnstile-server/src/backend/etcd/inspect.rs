@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{GetOptions, KeyValue};
 use tokio::task::JoinSet;
 
+use super::client::{Get, KeyValue};
 use super::layout::{EntryValue, Kind};
 use super::{rev_token, secs, Inner};
 use crate::backend::{HolderInfo, LockInfo};
@@ -31,13 +31,13 @@ pub(super) async fn lock_info(
     entries: usize,
 ) -> Result<LockInfo, BackendError> {
     let Some(kv) = first else { return Ok(LockInfo { key: key.into(), holder: None, waiters: 0 }) };
-    let token = rev_token(kv.create_revision());
-    let value = EntryValue::decode(kv.value());
-    let expires_in = match inner.local.expires_in(key, token, kv.lease(), kv.mod_revision()) {
+    let token = rev_token(kv.create_revision);
+    let value = EntryValue::decode(&kv.value);
+    let expires_in = match inner.local.expires_in(key, token, kv.lease, kv.mod_revision) {
         Some(left) => left,
         None => {
             let ttl = value.as_ref().map_or(inner.min_ttl_secs, |v| v.ttl);
-            inner.lease_ttl(kv.lease(), ttl).await?.map_or(Duration::ZERO, secs)
+            inner.lease_ttl(kv.lease, ttl).await?.map_or(Duration::ZERO, secs)
         }
     };
     let owner = value.map(|v| v.owner).unwrap_or_default();
@@ -61,20 +61,20 @@ pub(super) async fn list(
     // last one kept is complete) or the range ends.
     let mut keys: Vec<(String, Vec<KeyValue>)> = Vec::new();
     loop {
-        let options = GetOptions::new().with_range(end.clone()).with_limit(LIST_CHUNK);
-        let resp = inner.call("list", inner.client.kv_client().get(start.clone(), Some(options))).await?;
-        for kv in resp.kvs() {
-            let Some((key, Kind::Entry)) = inner.layout.parse(kv.key()) else { continue };
+        let get = Get::range(start.clone(), end.clone()).limit(LIST_CHUNK);
+        let resp = inner.call("list", inner.client.get(get)).await?;
+        for kv in &resp.kvs {
+            let Some((key, Kind::Entry)) = inner.layout.parse(&kv.key) else { continue };
             match keys.last_mut() {
                 Some((k, entries)) if k == key => entries.push(kv.clone()),
                 _ => keys.push((key.to_owned(), vec![kv.clone()])),
             }
         }
-        let Some(last) = resp.kvs().last() else { break };
-        if keys.len() > limit || !resp.more() {
+        let Some(last) = resp.kvs.last() else { break };
+        if keys.len() > limit || !resp.more {
             break;
         }
-        start = last.key().to_vec();
+        start = last.key.clone();
         start.push(0);
     }
     keys.truncate(limit);
@@ -82,7 +82,7 @@ pub(super) async fn list(
     for (i, (key, entries)) in keys.into_iter().enumerate() {
         let inner = inner.clone();
         lookups.spawn(async move {
-            let first = entries.iter().min_by_key(|kv| kv.create_revision());
+            let first = entries.iter().min_by_key(|kv| kv.create_revision);
             (i, lock_info(&inner, &key, first, entries.len()).await)
         });
     }

@@ -15,10 +15,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use turnstile_core::Time;
 
-use super::{secs, CallError, EtcdLease, Inner, HEADROOM_SECS};
+use super::client::{CallError, KeepAlive};
+use super::{secs, EtcdLease, Inner, HEADROOM_SECS};
 use crate::error::BackendError;
 
 /// Pooled leases kept per TTL; more are revoked.
@@ -34,7 +34,7 @@ pub(super) struct ActiveLease {
     /// A moment no later than the grant or keep-alive that last restarted its
     /// TTL, on the backend's clock.
     refreshed: Time,
-    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    keeper: Option<KeepAlive>,
 }
 
 impl ActiveLease {
@@ -71,13 +71,9 @@ impl ActiveLease {
     }
 
     async fn send_keep_alive(&mut self, inner: &Inner) -> Result<bool, BackendError> {
-        if let Some((keeper, stream)) = &mut self.keeper {
-            let exchange = async {
-                keeper.keep_alive().await?;
-                stream.message().await
-            };
-            match tokio::time::timeout(inner.timeout, exchange).await {
-                Ok(Ok(Some(resp))) => return inner.settle("lease keep-alive", Ok(resp.ttl() > 0)),
+        if let Some(keeper) = &mut self.keeper {
+            match tokio::time::timeout(inner.timeout, keeper.renew()).await {
+                Ok(Ok(ttl)) => return inner.settle("lease keep-alive", Ok(ttl > 0)),
                 // The stream broke (etcd restarted, the connection dropped): open another.
                 Ok(_) => self.keeper = None,
                 Err(_) => {
@@ -87,15 +83,14 @@ impl ActiveLease {
                 }
             }
         }
-        let mut leases = inner.client.lease_client();
-        let res = match tokio::time::timeout(inner.timeout, leases.keep_alive(self.id)).await {
-            // etcd-client's answer to TTL 0: the lease is gone.
-            Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => Ok(false),
-            Ok(Ok(keeper)) => {
+        let res = match tokio::time::timeout(inner.timeout, inner.client.keep_alive(self.id)).await {
+            // etcd answered TTL 0: the lease is gone.
+            Ok(Ok(None)) => Ok(false),
+            Ok(Ok(Some(keeper))) => {
                 self.keeper = Some(keeper);
                 Ok(true)
             }
-            Ok(Err(e)) => Err(CallError::Etcd(e)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(CallError::TimedOut),
         };
         inner.settle("lease keep-alive", res)

@@ -9,10 +9,15 @@
 //! grows, across sidecar restarts, etcd restarts and leader failover.
 //!
 //! # Layout
-//! - this file: [`EtcdBackend`], the connection, and the one place etcd
-//!   calls get their timeout and their mapping to [`BackendError`]. Every
-//!   time the backend reads or sleeps until comes from one [`Clock`], given
-//!   at construction ([`EtcdBackend::connect_with_clock`]).
+//! - this file: [`EtcdBackend`], and the one place etcd calls get their
+//!   timeout and their mapping to [`BackendError`]. Every time the backend
+//!   reads or sleeps until comes from one [`Clock`], given at construction
+//!   ([`EtcdBackend::connect_with_clock`]).
+//! - `client`: the connection and the etcd calls, over etcd's generated
+//!   clients: a transaction builder whose answers are read through the
+//!   handles its reads gave out, never by position; watches; lease
+//!   keep-alive streams. The only module that builds etcd requests.
+//! - [`proto`]: etcd's gRPC API, generated from `proto/etcd/` by `build.rs`.
 //! - `layout`: the etcd key layout and the value of a queue entry.
 //! - `acquire`: Acquire: enqueue, G5 refresh, the wait behind the entry ahead,
 //!   the grant-time lease check (etcd issue 11456), cancellation (G6).
@@ -42,10 +47,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
-    TxnResponse, WatchFilterType, WatchOptions, WatchStream,
-};
 use tokio::sync::Notify;
 
 use super::{AcquireOutcome, AcquireRequest, Backend, Grant, LockInfo, TtlBounds};
@@ -56,12 +57,18 @@ use crate::telemetry::Metrics;
 
 mod acquire;
 mod batch;
+mod client;
 mod holders;
 mod inspect;
 mod layout;
 mod leases;
+pub mod proto;
 
 use batch::Batcher;
+use client::{
+    Branch, CallError, Cond, ConnectOptions, EtcdClient, Get, KeyValue, Read, Skip, SortOrder, SortTarget, Txn,
+    TxnAnswer, Watch,
+};
 use holders::LocalLeases;
 use layout::Layout;
 use leases::LeasePool;
@@ -83,7 +90,7 @@ pub struct EtcdBackend {
 
 /// Everything the backend's operations share.
 struct Inner {
-    client: Client,
+    client: EtcdClient,
     batcher: Batcher,
     layout: Layout,
     /// Longest wait for one etcd call.
@@ -144,12 +151,8 @@ impl EtcdBackend {
         clock: Clock,
     ) -> Result<Self, BackendError> {
         let endpoints: Vec<&str> = config.etcd_endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()).collect();
-        let options = ConnectOptions::new()
-            .with_connect_timeout(config.etcd_timeout)
-            .with_keep_alive(HTTP2_PING_INTERVAL, config.etcd_timeout)
-            .with_keep_alive_while_idle(true);
-        let client = Client::connect(&endpoints, Some(options))
-            .await
+        let options = ConnectOptions { timeout: config.etcd_timeout, ping_interval: HTTP2_PING_INTERVAL };
+        let client = EtcdClient::new(&endpoints, options)
             .map_err(|e| BackendError::Unavailable { reason: format!("etcd connect to {endpoints:?}: {e}") })?;
         let config_min = ceil_secs(config.min_ttl).max(1);
         let etcd_min = match probe_min_ttl(&client, config.etcd_timeout).await {
@@ -203,12 +206,9 @@ impl Inner {
     async fn call<T>(
         &self,
         what: &'static str,
-        fut: impl Future<Output = Result<T, etcd_client::Error>>,
+        fut: impl Future<Output = Result<T, CallError>>,
     ) -> Result<T, BackendError> {
-        let res = match tokio::time::timeout(self.timeout, fut).await {
-            Ok(res) => res.map_err(CallError::Etcd),
-            Err(_) => Err(CallError::TimedOut),
-        };
+        let res = tokio::time::timeout(self.timeout, fut).await.unwrap_or(Err(CallError::TimedOut));
         self.settle(what, res)
     }
 
@@ -223,8 +223,8 @@ impl Inner {
                 }
                 Ok(v)
             }
-            Err(CallError::Etcd(e)) => Err(self.unavailable(what, &e)),
             Err(CallError::TimedOut) => Err(self.unavailable(what, &format!("no answer within {:?}", self.timeout))),
+            Err(e) => Err(self.unavailable(what, &e)),
         }
     }
 
@@ -243,20 +243,20 @@ impl Inner {
     }
 
     async fn grant_lease(&self, ttl: i64) -> Result<EtcdLease, BackendError> {
-        let resp = self.call("lease grant", self.client.lease_client().grant(ttl + HEADROOM_SECS, None)).await?;
-        if !resp.error().is_empty() {
-            return Err(self.unavailable("lease grant", &resp.error()));
+        let resp = self.call("lease grant", self.client.grant(ttl + HEADROOM_SECS)).await?;
+        if !resp.error.is_empty() {
+            return Err(self.unavailable("lease grant", &resp.error));
         }
-        Ok(EtcdLease { id: resp.id(), ttl: (resp.ttl() - HEADROOM_SECS).max(ttl) })
+        Ok(EtcdLease { id: resp.id, ttl: (resp.ttl - HEADROOM_SECS).max(ttl) })
     }
 
     /// Revokes a lease, deleting every key attached to it. False when it had
     /// already ended.
     async fn revoke(&self, id: i64) -> Result<bool, BackendError> {
-        let res = match tokio::time::timeout(self.timeout, self.client.lease_client().revoke(id)).await {
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(etcd_client::Error::GRpcStatus(s))) if s.code() == tonic::Code::NotFound => Ok(false),
-            Ok(Err(e)) => Err(CallError::Etcd(e)),
+        let res = match tokio::time::timeout(self.timeout, self.client.revoke(id)).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(CallError::Status(s))) if s.code() == tonic::Code::NotFound => Ok(false),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(CallError::TimedOut),
         };
         self.settle("lease revoke", res)
@@ -266,9 +266,9 @@ impl Inner {
     /// seconds, in whole seconds rounded down (etcd's headroom taken off), or
     /// `None` when it has ended.
     async fn lease_ttl(&self, id: i64, ttl: i64) -> Result<Option<i64>, BackendError> {
-        let resp = self.call("lease time-to-live", self.client.lease_client().time_to_live(id, None)).await?;
-        let headroom = (resp.granted_ttl() - ttl).max(0);
-        Ok((resp.ttl() >= 0).then_some((resp.ttl() - headroom).max(0)))
+        let resp = self.call("lease time-to-live", self.client.time_to_live(id)).await?;
+        let headroom = (resp.granted_ttl - ttl).max(0);
+        Ok((resp.ttl >= 0).then_some((resp.ttl - headroom).max(0)))
     }
 
     /// Revokes a lease off the reply path; failures leave it to expire by TTL.
@@ -282,28 +282,18 @@ impl Inner {
     }
 
     /// Opens a watch on `key` (or every key under it) from revision `from`.
-    async fn watch(
-        &self,
-        key: &[u8],
-        prefix: bool,
-        from: i64,
-        skip: WatchFilterType,
-    ) -> Result<WatchStream, BackendError> {
-        let mut options = WatchOptions::new().with_start_revision(from).with_filters([skip]);
-        if prefix {
-            options = options.with_prefix();
-        }
-        self.call("watch", self.client.watch_client().watch(key.to_vec(), Some(options))).await
+    async fn watch(&self, key: &[u8], prefix: bool, from: i64, skip: Skip) -> Result<Watch, BackendError> {
+        self.call("watch", self.client.watch(key, prefix, from, skip)).await
     }
 
     /// A transaction sent alone (reads; writes too large to share a request).
-    async fn txn(&self, what: &'static str, txn: Txn) -> Result<TxnOutcome, BackendError> {
-        self.call(what, self.client.kv_client().txn(txn)).await.map(TxnOutcome::from)
+    async fn txn(&self, what: &'static str, txn: Txn) -> Result<TxnAnswer, BackendError> {
+        self.call(what, self.client.txn(&txn)).await
     }
 
     /// A write transaction touching only `key`'s etcd keys, sent with other
     /// calls' writes when etcd is busy (see `batch`).
-    async fn write(&self, key: &str, what: &'static str, txn: Txn) -> Result<TxnOutcome, BackendError> {
+    async fn write(&self, key: &str, what: &'static str, txn: Txn) -> Result<TxnAnswer, BackendError> {
         let res = self.batcher.run(key, txn, self.timeout).await;
         self.settle(what, res)
     }
@@ -311,20 +301,20 @@ impl Inner {
     /// The holder entry of `key` (lowest create revision) and the number of
     /// entries, read in one linearizable transaction.
     async fn head(&self, key: &str) -> Result<(Option<KeyValue>, usize, i64), BackendError> {
-        let queue = self.layout.queue(key);
-        let resp = self.txn("read queue", Txn::new().and_then([first_op(&queue), count_op(&queue)])).await?;
-        let (first, count) = head_of(&resp, 0);
+        let mut txn = Txn::new();
+        let head = Head::read(&mut txn, Branch::Then, &self.layout.queue(key));
+        let resp = self.txn("read queue", txn).await?;
+        let (first, count) = head.of(&resp);
         Ok((first, count, resp.revision))
     }
 }
 
 /// etcd's shortest lease TTL: it raises a 1 s request to it.
-async fn probe_min_ttl(client: &Client, timeout: Duration) -> Result<i64, String> {
+async fn probe_min_ttl(client: &EtcdClient, timeout: Duration) -> Result<i64, String> {
     let probe = async {
-        let mut leases = client.lease_client();
-        let lease = leases.grant(1, None).await?;
-        leases.revoke(lease.id()).await?;
-        Ok::<_, etcd_client::Error>(lease.ttl())
+        let lease = client.grant(1).await?;
+        client.revoke(lease.id).await?;
+        Ok::<_, CallError>(lease.ttl)
     };
     match tokio::time::timeout(timeout, probe).await {
         Ok(Ok(ttl)) => Ok(ttl),
@@ -333,81 +323,36 @@ async fn probe_min_ttl(client: &Client, timeout: Duration) -> Result<i64, String
     }
 }
 
-/// Reads the holder entry of `queue`, sorted by create revision, first only.
-fn first_op(queue: &[u8]) -> TxnOp {
-    TxnOp::get(
-        queue.to_vec(),
-        Some(GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1)),
-    )
+/// The head of a queue in a transaction: its holder entry (lowest create
+/// revision) and its number of entries.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    first: Read,
+    count: Read,
 }
 
-/// Counts the entries of `queue`.
-fn count_op(queue: &[u8]) -> TxnOp {
-    TxnOp::get(queue.to_vec(), Some(GetOptions::new().with_prefix().with_count_only()))
-}
+impl Head {
+    /// Reads the head of `queue` in `branch` of `txn`.
+    fn read(txn: &mut Txn, branch: Branch, queue: &[u8]) -> Self {
+        Head { first: txn.read(branch, first_entry(queue)), count: txn.read(branch, Get::prefix(queue).count_only()) }
+    }
 
-/// Why an etcd call failed.
-#[derive(Debug)]
-enum CallError {
-    /// etcd or the connection answered with an error.
-    Etcd(etcd_client::Error),
-    /// No answer within the call timeout.
-    TimedOut,
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::Etcd(e) => e.fmt(f),
-            CallError::TimedOut => f.write_str("no answer in time"),
-        }
+    /// The holder entry and the number of entries, as `resp` answers them
+    /// (none when their branch did not run).
+    fn of(&self, resp: &TxnAnswer) -> (Option<KeyValue>, usize) {
+        (resp.first(self.first).cloned(), usize::try_from(resp.count(self.count)).unwrap_or(0))
     }
 }
 
-/// A transaction's answer.
-#[derive(Debug)]
-struct TxnOutcome {
-    /// Whether its compares held.
-    succeeded: bool,
-    /// The answers of the operations of the branch taken.
-    ops: Vec<TxnOpResponse>,
-    /// The store revision it ran at: for one that wrote, the revision of its
-    /// writes (the create revision of the keys it created).
-    revision: i64,
-}
-
-impl From<TxnResponse> for TxnOutcome {
-    fn from(resp: TxnResponse) -> Self {
-        TxnOutcome {
-            succeeded: resp.succeeded(),
-            ops: resp.op_responses(),
-            revision: resp.header().map_or(0, |h| h.revision()),
-        }
-    }
-}
-
-/// The `(first entry, entry count)` answered by [`first_op`] and [`count_op`]
-/// at op index `at` and `at + 1` of a transaction.
-fn head_of(resp: &TxnOutcome, at: usize) -> (Option<KeyValue>, usize) {
-    let ops = &resp.ops;
-    let first = match ops.get(at) {
-        Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
-        _ => None,
-    };
-    let count = match ops.get(at + 1) {
-        Some(TxnOpResponse::Get(g)) => usize::try_from(g.count()).unwrap_or(0),
-        _ => 0,
-    };
-    (first, count)
+/// Reads the holder entry of `queue`: sorted by create revision, first only.
+fn first_entry(queue: &[u8]) -> Get {
+    Get::prefix(queue).sorted(SortTarget::Create, SortOrder::Ascend).limit(1)
 }
 
 /// The conditions under which an entry is still the one we know: same
 /// create revision (token) and same lease.
-fn entry_is(entry: &[u8], token: u64, lease: i64) -> [Compare; 2] {
-    [
-        Compare::create_revision(entry.to_vec(), CompareOp::Equal, token_rev(token)),
-        Compare::lease(entry.to_vec(), CompareOp::Equal, lease),
-    ]
+fn entry_is(entry: &[u8], token: u64, lease: i64) -> [Cond; 2] {
+    [Cond::created_at(entry, token_rev(token)), Cond::on_lease(entry, lease)]
 }
 
 /// A fencing token as the create revision it is.
