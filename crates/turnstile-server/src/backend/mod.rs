@@ -83,7 +83,7 @@ pub trait Backend: Send + Sync + 'static {
     fn acquire(&self, req: AcquireRequest) -> impl Future<Output = Result<AcquireOutcome, BackendError>> + Send;
 
     /// Extends the lease `(key, token)` by `ttl` (`None`: its granted TTL).
-    /// A lease that ended is [`BackendError::LeaseNotFound`].
+    /// A lease that ended is `BackendError::Core(CoreError::LeaseNotFound { .. })`.
     fn renew(
         &self,
         key: String,
