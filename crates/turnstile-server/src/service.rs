@@ -1,5 +1,6 @@
 //! The `turnstile.v1.LockService` gRPC service: thin handlers that validate
-//! ([`crate::validate`]), call the [`Backend`], and map the result.
+//! ([`crate::validate`]), call the [`Backend`], and map the result. Each first
+//! checks the caller's token ([`crate::auth`]): a refusal changes nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 use turnstile_proto::v1::{self, lock_service_server::LockService};
 
+use crate::auth::{self, Access, Verb};
 use crate::backend::{AcquireOutcome, Backend};
 use crate::call::{CallDeadline, TakeBack};
 use crate::convert::lock_info;
@@ -20,6 +22,7 @@ pub struct LockServiceImpl<B> {
     limits: Limits,
     metrics: Arc<Metrics>,
     deadline_margin: Duration,
+    access: Access,
 }
 
 /// Default of [`LockServiceImpl::with_deadline_margin`] (`--deadline-margin`).
@@ -28,7 +31,7 @@ pub const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 impl<B: Backend> LockServiceImpl<B> {
     /// A service answering from `backend` with the given validation limits.
     pub fn new(backend: Arc<B>, limits: Limits, metrics: Arc<Metrics>) -> Self {
-        LockServiceImpl { backend, limits, metrics, deadline_margin: DEFAULT_DEADLINE_MARGIN }
+        LockServiceImpl { backend, limits, metrics, deadline_margin: DEFAULT_DEADLINE_MARGIN, access: Access::Open }
     }
 
     /// How long before the call's own deadline (`grpc-timeout`) a wait ends,
@@ -37,6 +40,17 @@ impl<B: Backend> LockServiceImpl<B> {
     pub fn with_deadline_margin(mut self, margin: Duration) -> Self {
         self.deadline_margin = margin;
         self
+    }
+
+    /// Who may call (default: everyone).
+    pub fn with_access(mut self, access: Access) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// Whether the caller may do `verb` on `key`; a refusal is counted.
+    fn authorize<T>(&self, rpc: &'static str, request: &Request<T>, verb: Verb, key: &str) -> Result<(), Status> {
+        self.access.check(request.metadata(), verb, key).inspect_err(|s| self.metrics.error(rpc, s.code()))
     }
 
     /// The wait an acquire may spend in the queue: its `wait_timeout`, ended
@@ -129,10 +143,11 @@ impl<B: Backend> LockServiceImpl<B> {
         Ok(v1::ReleaseResponse { released })
     }
 
-    async fn list_inner(&self, req: v1::ListLocksRequest) -> Result<v1::ListLocksResponse, Status> {
-        let (prefix, after, size) = validate::list(&req)?;
+    async fn list_inner(&self, req: Request<v1::ListLocksRequest>) -> Result<v1::ListLocksResponse, Status> {
+        let scopes = self.access.list_scopes(req.metadata(), &req.get_ref().prefix)?;
+        let (_, after, size) = validate::list(req.get_ref())?;
         // One more than a page tells whether another page follows.
-        let mut locks = self.backend.list(prefix, after, size + 1).await?;
+        let mut locks = auth::list_scoped(&*self.backend, &scopes, after, size + 1).await?;
         let next_page_token = if locks.len() > size {
             locks.truncate(size);
             locks.last().map(|l| l.key.to_string()).unwrap_or_default()
@@ -146,6 +161,7 @@ impl<B: Backend> LockServiceImpl<B> {
 #[tonic::async_trait]
 impl<B: Backend> LockService for LockServiceImpl<B> {
     async fn acquire(&self, request: Request<v1::AcquireRequest>) -> Result<Response<v1::AcquireResponse>, Status> {
+        self.authorize("Acquire", &request, Verb::Lock, &request.get_ref().key)?;
         let deadline = request.extensions().get::<CallDeadline>().copied();
         let res = self.acquire_inner(request.into_inner(), deadline).await;
         let (res, take_back) = match res {
@@ -162,16 +178,19 @@ impl<B: Backend> LockService for LockServiceImpl<B> {
     }
 
     async fn renew(&self, request: Request<v1::RenewRequest>) -> Result<Response<v1::RenewResponse>, Status> {
+        self.authorize("Renew", &request, Verb::Lock, &request.get_ref().key)?;
         let res = self.renew_inner(request.into_inner()).await;
         self.observe("Renew", res)
     }
 
     async fn release(&self, request: Request<v1::ReleaseRequest>) -> Result<Response<v1::ReleaseResponse>, Status> {
+        self.authorize("Release", &request, Verb::Lock, &request.get_ref().key)?;
         let res = self.release_inner(request.into_inner()).await;
         self.observe("Release", res)
     }
 
     async fn get_lock(&self, request: Request<v1::GetLockRequest>) -> Result<Response<v1::LockInfo>, Status> {
+        self.authorize("GetLock", &request, Verb::Inspect, &request.get_ref().key)?;
         let req = request.into_inner();
         let res = match validate::key("key", &req.key) {
             Ok(()) => self.backend.get(req.key).await.map(|i| lock_info(&i)).map_err(Status::from),
@@ -184,7 +203,7 @@ impl<B: Backend> LockService for LockServiceImpl<B> {
         &self,
         request: Request<v1::ListLocksRequest>,
     ) -> Result<Response<v1::ListLocksResponse>, Status> {
-        let res = self.list_inner(request.into_inner()).await;
+        let res = self.list_inner(request).await;
         self.observe("ListLocks", res)
     }
 }

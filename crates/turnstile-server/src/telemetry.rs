@@ -37,6 +37,8 @@ pub struct Metrics {
     errors: Family<Vec<(&'static str, String)>, Counter>,
     /// Leases held now (set at scrape time).
     pub leases_held: Gauge,
+    /// Re-reads of the TLS and token files (SIGHUP), by file and result.
+    reloads: Outcomes,
 }
 
 impl Default for Metrics {
@@ -72,6 +74,12 @@ impl Metrics {
         registry.register("errors", "Calls refused, by RPC and gRPC status code", errors.clone());
         let leases_held = Gauge::default();
         registry.register("leases_held", "Leases held now", leases_held.clone());
+        let reloads = Outcomes::default();
+        registry.register(
+            "reloads",
+            "Re-reads of the TLS and token files on SIGHUP, by file and result",
+            reloads.clone(),
+        );
         Metrics {
             registry,
             acquired,
@@ -85,7 +93,13 @@ impl Metrics {
             released,
             errors,
             leases_held,
+            reloads,
         }
+    }
+
+    /// Counts a re-read of `file` (`tls` or `tokens`).
+    pub fn reload(&self, file: &'static str, ok: bool) {
+        self.reloads.get_or_create(&vec![("file", file), ("result", if ok { "ok" } else { "error" })]).inc();
     }
 
     /// Counts a refused call.
