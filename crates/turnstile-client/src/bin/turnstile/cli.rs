@@ -61,8 +61,8 @@ pub(crate) struct Cli {
     #[arg(long = "token", global = true, env = "TURNSTILE_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub(crate) bearer_token: Option<String>,
 
-    /// PEM file of the CA that signed the coordinator's certificate; turns on TLS
-    /// (default with https:// and no --ca: the system's root certificates).
+    /// PEM file of the CA that signed the coordinator's certificate, for an https://
+    /// --addr (without it: the system's root certificates).
     #[arg(long = "ca", alias = "tls-ca", global = true, env = "TURNSTILE_TLS_CA", value_name = "PEM")]
     pub(crate) tls_ca: Option<PathBuf>,
 
