@@ -63,6 +63,10 @@ async fn serve_with<B: Backend>(
     let scheme = if security.tls.is_some() { "TLS" } else { "plaintext" };
     let auth = if config.auth_token_file.is_some() { "bearer tokens" } else { "no tokens" };
     tracing::info!(grpc = %grpc_addr, "gRPC over {scheme}, {auth}");
+    let open = security.tls.is_none() || config.auth_token_file.is_none();
+    if open && !config.listen.ip().is_loopback() {
+        tracing::warn!(grpc = %grpc_addr, "--insecure: gRPC on a non-loopback address over {scheme} with {auth}");
+    }
     tracing::info!(grpc = %grpc_addr, http = %http_addr, backend = name, "turnstiled listening");
     // One machine-readable line, so scripts and tests that bind port 0 learn the ports.
     println!("turnstiled listening grpc={grpc_addr} http={http_addr}");
