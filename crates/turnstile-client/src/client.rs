@@ -106,7 +106,8 @@ impl ClientBuilder {
     }
 
     /// TLS settings (CA, client identity for mutual TLS, domain name). An
-    /// `https://` address without them uses the system's root certificates.
+    /// `https://` address without them uses the system's root certificates;
+    /// with them, an address that is not `https://` is refused.
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: tonic::transport::ClientTlsConfig) -> Self {
         self.tls = Some(config);
@@ -163,6 +164,11 @@ impl ClientBuilder {
         #[cfg(feature = "tls")]
         {
             let tls = match self.tls {
+                // tonic would talk plaintext to http:// despite them: the
+                // caller meant TLS, and its bearer token would travel in clear.
+                Some(_) if !addr.starts_with("https://") => {
+                    return Err(invalid("addr", "TLS settings need an https:// address"));
+                }
                 Some(t) => Some(t),
                 None if addr.starts_with("https://") => {
                     Some(tonic::transport::ClientTlsConfig::new().with_native_roots())
@@ -331,6 +337,17 @@ mod tests {
         assert_eq!(parts[2].len(), 8);
         assert_ne!(default_owner(), o, "two clients get two owners");
         assert!(check_owner(&o).is_ok());
+    }
+
+    #[cfg(feature = "tls")]
+    #[tokio::test]
+    async fn tls_settings_with_a_plaintext_address_are_refused() {
+        let tls = tonic::transport::ClientTlsConfig::new();
+        for addr in ["http://127.0.0.1:7700", "127.0.0.1:7700"] {
+            let err = Client::builder(addr).tls(tls.clone()).connect_lazy().expect_err("refused");
+            assert!(matches!(&err, Error::InvalidArgument { field, .. } if field == "addr"), "{err:?}");
+        }
+        assert!(Client::builder("https://127.0.0.1:7700").tls(tls).connect_lazy().is_ok());
     }
 
     #[test]

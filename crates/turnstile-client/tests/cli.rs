@@ -356,3 +356,59 @@ async fn get_ls_and_release() {
     let text = String::from_utf8(out.stdout).expect("utf-8");
     assert!(text.lines().nth(1).is_some_and(|l| l.starts_with("inv:1") && l.contains(" - ")), "{text}");
 }
+
+/// `turnstile` against a coordinator demanding mutual TLS and a bearer
+/// token: `--ca`, `--cert`, `--key` and `--token`/`TURNSTILE_TOKEN`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_client_certificates_and_the_bearer_token() {
+    let dir = TempDir::new("cli-tls");
+    let ca = turnstile_testkit::TestCa::new("cli test CA");
+    let (cert, key) = ca.issue(&["localhost"]).write(dir.path(), "server");
+    let ca_file = ca.write(&dir.path().join("ca.pem"));
+    let (client_cert, client_key) = ca.issue(&["cli"]).write(dir.path(), "client");
+    let tokens = dir.path().join("tokens.jsonl");
+    let token = "cli-test-token-3a5c7e9b1d";
+    let line = format!(r#"{{"token": "{token}", "prefixes": ["payments/"], "verbs": ["lock", "inspect"]}}"#);
+    std::fs::write(&tokens, line).expect("write the token file");
+    let p = |p: &Path| p.to_str().expect("utf-8").to_owned();
+    let node = turnstile_testkit::Turnstiled::start([
+        "--data-dir".to_owned(),
+        String::new(),
+        "--tls-cert".into(),
+        p(&cert),
+        "--tls-key".into(),
+        p(&key),
+        "--tls-client-ca".into(),
+        p(&ca_file),
+        "--auth-token-file".into(),
+        p(&tokens),
+    ]);
+    let url = format!("https://localhost:{}", node.grpc.port());
+    let tls = ["--ca", &p(&ca_file), "--cert", &p(&client_cert), "--key", &p(&client_key)];
+
+    // Everything given: the lock is taken and the command runs.
+    let mut cmd = turnstile(&url, &tls);
+    cmd.args(["lock", "--wait", "0", "payments/1", "--", "sh", "-c", "echo locked $TURNSTILE_KEY"]);
+    cmd.env("TURNSTILE_TOKEN", token);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "locked payments/1");
+    let out = output(turnstile(&url, &[&tls[..], &["--token", token, "ls"]].concat())).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Outside its prefix: refused, exit 125, and it says so.
+    let out = output(turnstile(&url, &[&tls[..], &["--token", token, "get", "orders/1"]].concat())).await;
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"), "{out:?}");
+    // No token: unauthenticated.
+    let out = output(turnstile(&url, &[&tls[..], &["ls"]].concat())).await;
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthenticated"), "{out:?}");
+    // No client certificate: the handshake fails, nothing is answered.
+    let out = output(turnstile(&url, &["--ca", &p(&ca_file), "--token", token, "--timeout", "2s", "ls"])).await;
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    // A missing CA file is named.
+    let out = output(turnstile(&url, &["--ca", "/nonexistent/ca.pem", "ls"])).await;
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ca.pem"), "{out:?}");
+}

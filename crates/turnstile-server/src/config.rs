@@ -123,6 +123,31 @@ pub struct Config {
     #[arg(long, env = "TURNSTILE_OVERRIDE_RECOVERY")]
     pub override_recovery: bool,
 
+    /// PEM file of the server's certificate chain: serve gRPC over TLS (with --tls-key).
+    /// Re-read on SIGHUP.
+    #[arg(long, env = "TURNSTILE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file of the private key of --tls-cert. Re-read on SIGHUP.
+    #[arg(long, env = "TURNSTILE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM file of the CA(s) whose client certificates are accepted: mutual TLS.
+    /// A client without such a certificate is refused at the handshake. Re-read on SIGHUP.
+    #[arg(long, env = "TURNSTILE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// File of bearer tokens, one JSON object per line, each with the key prefixes and
+    /// verbs (lock, inspect, admin) it grants; every LockService call must then carry
+    /// `authorization: Bearer <token>`. Re-read on SIGHUP. See README "Security".
+    #[arg(long, env = "TURNSTILE_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// Allow --listen on a non-loopback address without TLS and tokens: anyone who
+    /// can reach the port can then take, hold and end every lock.
+    #[arg(long, env = "TURNSTILE_INSECURE")]
+    pub insecure: bool,
+
     /// Log format.
     #[arg(long, env = "TURNSTILE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -170,6 +195,7 @@ impl Config {
         if self.max_result_bytes > 64 * 1024 * 1024 {
             return err("max-result-bytes", "must be at most 64 MiB (it must fit in one gRPC message)");
         }
+        self.validate_security()?;
         if self.backend == BackendKind::Etcd {
             if self.etcd_endpoints.iter().all(|e| e.trim().is_empty()) {
                 return err("etcd-endpoints", "must name at least one endpoint, e.g. http://127.0.0.1:2379");
@@ -190,6 +216,29 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// A gRPC port that the network can reach needs TLS and tokens, or an
+    /// explicit `--insecure`: without them anyone who reaches it can take,
+    /// hold and end every lock, and read every key and owner.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        if self.listen.ip().is_loopback() || self.insecure {
+            return Ok(());
+        }
+        let missing = match (self.tls_cert.is_some(), self.auth_token_file.is_some()) {
+            (true, true) => return Ok(()),
+            (false, false) => "TLS (--tls-cert, --tls-key) and tokens (--auth-token-file)",
+            (false, true) => "TLS (--tls-cert, --tls-key)",
+            (true, false) => "tokens (--auth-token-file)",
+        };
+        Err(ConfigError {
+            flag: "listen",
+            reason: format!(
+                "{} is not a loopback address, and without {missing} anyone who can reach it could take, \
+                 hold and end every lock; give them, or --insecure to listen like this anyway",
+                self.listen
+            ),
+        })
     }
 
     /// The data dir, or `None` when state is disabled with `--data-dir ''`.
@@ -284,6 +333,37 @@ mod tests {
         assert!(parse(&["--backend", "etcd", "--etcd-prefix", "turnstile/pay"]).validate().is_ok());
         let c = parse(&["--backend", "etcd", "--etcd-endpoints", "https://a:2379"]);
         assert_eq!(c.validate().unwrap_err().flag, "etcd-endpoints");
+    }
+
+    #[test]
+    fn a_non_loopback_listener_needs_tls_and_tokens_or_insecure() {
+        for loopback in ["127.0.0.1:0", "[::1]:0"] {
+            assert!(parse(&["--listen", loopback]).validate().is_ok(), "{loopback}");
+        }
+        let err = parse(&["--listen", "0.0.0.0:7700"]).validate().unwrap_err();
+        assert_eq!(err.flag, "listen");
+        assert!(err.to_string().contains("TLS (--tls-cert, --tls-key) and tokens (--auth-token-file)"), "{err}");
+        assert!(err.to_string().contains("--insecure"), "{err}");
+        let tls = ["--listen", "10.0.0.1:7700", "--tls-cert", "c.pem", "--tls-key", "k.pem"];
+        let err = parse(&tls).validate().unwrap_err();
+        assert!(err.to_string().contains("without tokens (--auth-token-file)"), "{err}");
+        let err = parse(&["--listen", "10.0.0.1:7700", "--auth-token-file", "t"]).validate().unwrap_err();
+        assert!(err.to_string().contains("without TLS (--tls-cert, --tls-key) anyone"), "{err}");
+        assert!(parse(&[&tls[..], &["--auth-token-file", "t"]].concat()).validate().is_ok());
+        assert!(parse(&["--listen", "0.0.0.0:7700", "--insecure"]).validate().is_ok());
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        assert!(parse_err(&["--tls-cert", "c.pem"]).contains("--tls-key"));
+        assert!(parse_err(&["--tls-key", "k.pem"]).contains("--tls-cert"));
+        assert!(parse_err(&["--tls-client-ca", "ca.pem"]).contains("--tls-cert"));
+    }
+
+    fn parse_err(args: &[&str]) -> String {
+        Config::try_parse_from(std::iter::once("turnstiled").chain(args.iter().copied()))
+            .expect_err("refused")
+            .to_string()
     }
 
     #[test]

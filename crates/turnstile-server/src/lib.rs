@@ -1,7 +1,7 @@
 //! turnstiled, the turnstile lock coordinator: the gRPC service, its
 //! backends, configuration and telemetry.
 //!
-//! Data flows one way: RPC → [`service`] (validation, metrics) →
+//! Data flows one way: RPC → [`service`] (authorisation, validation, metrics) →
 //! [`backend::Backend`] → the memory backend (the core lock table behind
 //! sharded locks) or another backend.
 //!
@@ -16,15 +16,21 @@
 //! - [`server`]: [`server::run`], gRPC + HTTP serving and graceful shutdown.
 //! - [`call`]: around every call, its deadline and the take-back of a grant
 //!   whose reply never reached the wire.
+//! - [`security`]: what guards the gRPC port, re-read on SIGHUP: [`tls`]
+//!   (rustls, mutual TLS, the accept loop) and [`auth`] (bearer tokens with
+//!   per-prefix grants).
 //! - [`telemetry`]: Prometheus metrics and logging; [`clock`]: the one clock.
 
+pub mod auth;
 pub mod backend;
 pub mod call;
 pub mod clock;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod security;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod tls;
 pub mod validate;

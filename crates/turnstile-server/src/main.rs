@@ -12,7 +12,8 @@ use turnstile_server::backend::etcd::EtcdBackend;
 use turnstile_server::backend::memory::MemoryBackend;
 use turnstile_server::backend::Backend;
 use turnstile_server::config::{BackendKind, Config};
-use turnstile_server::server::run;
+use turnstile_server::security::Security;
+use turnstile_server::server::{run_secured, Listeners};
 use turnstile_server::telemetry::{init_logging, Metrics};
 
 fn main() -> anyhow::Result<()> {
@@ -24,18 +25,20 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    // Before the backend opens: a bad file stops the start having changed nothing.
+    let security = Security::load(&config)?;
     match config.backend {
         BackendKind::Memory => {
             let backend =
                 Arc::new(MemoryBackend::start(&config, metrics.clone()).context("opening the memory backend")?);
             let held = backend.clone();
-            serve_with(backend, "memory", Box::new(move || Some(held.leases_held())), &config, metrics).await
+            serve_with(backend, "memory", Box::new(move || Some(held.leases_held())), &config, metrics, security).await
         }
         BackendKind::Etcd => {
             let backend =
                 Arc::new(EtcdBackend::connect(&config, metrics.clone()).await.context("opening the etcd backend")?);
             // Leases live in etcd, shared by every sidecar: none is counted here.
-            serve_with(backend, "etcd", Box::new(|| None), &config, metrics).await
+            serve_with(backend, "etcd", Box::new(|| None), &config, metrics, security).await
         }
     }
 }
@@ -47,6 +50,7 @@ async fn serve_with<B: Backend>(
     leases_held: Box<dyn Fn() -> Option<usize> + Send + Sync>,
     config: &Config,
     metrics: Arc<Metrics>,
+    security: Security,
 ) -> anyhow::Result<()> {
     let grpc = TcpListener::bind(config.listen).await.with_context(|| format!("binding --listen {}", config.listen))?;
     let http = TcpListener::bind(config.http_listen)
@@ -54,11 +58,41 @@ async fn serve_with<B: Backend>(
         .with_context(|| format!("binding --http-listen {}", config.http_listen))?;
     let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
     let shutdown = shutdown_signal().context("installing the SIGTERM/SIGINT handlers")?;
+    // Before the ready line, so that a SIGHUP sent after it is never fatal.
+    reload_on_sighup(security.clone(), metrics.clone()).context("installing the SIGHUP handler")?;
+    let scheme = if security.tls.is_some() { "TLS" } else { "plaintext" };
+    let auth = if config.auth_token_file.is_some() { "bearer tokens" } else { "no tokens" };
+    tracing::info!(grpc = %grpc_addr, "gRPC over {scheme}, {auth}");
+    let open = security.tls.is_none() || config.auth_token_file.is_none();
+    if open && !config.listen.ip().is_loopback() {
+        tracing::warn!(grpc = %grpc_addr, "--insecure: gRPC on a non-loopback address over {scheme} with {auth}");
+    }
     tracing::info!(grpc = %grpc_addr, http = %http_addr, backend = name, "turnstiled listening");
     // One machine-readable line, so scripts and tests that bind port 0 learn the ports.
     println!("turnstiled listening grpc={grpc_addr} http={http_addr}");
     std::io::stdout().flush()?;
-    run(backend, config, metrics, leases_held, grpc, http, shutdown).await?;
+    run_secured(backend, config, metrics, leases_held, Listeners { grpc, http }, security, shutdown).await?;
+    Ok(())
+}
+
+/// Re-reads the TLS and token files on every SIGHUP, from now on.
+#[cfg(unix)]
+fn reload_on_sighup(security: Security, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    // Lives as long as the process: it ends with the runtime.
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: re-reading the TLS and token files");
+            security.reload(&metrics);
+        }
+    });
+    Ok(())
+}
+
+/// No SIGHUP here: the files are read once.
+#[cfg(not(unix))]
+fn reload_on_sighup(_: Security, _: Arc<Metrics>) -> std::io::Result<()> {
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! [`run`]: serves gRPC (LockService, health, reflection) and HTTP (metrics,
 //! health probes) on given listeners until `shutdown` completes, then shuts
 //! down gracefully: health NOT_SERVING, waiters answered UNAVAILABLE, new
-//! calls refused, in-flight calls finished, backend state saved.
+//! calls refused, in-flight calls finished, backend state saved. The gRPC
+//! port is guarded by [`Security`]: TLS and bearer tokens, when configured.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,7 @@ use turnstile_proto::v1::lock_service_server::LockServiceServer;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::BackendError;
+use crate::security::{Security, SecurityError};
 use crate::service::LockServiceImpl;
 use crate::telemetry::Metrics;
 use crate::validate::Limits;
@@ -44,6 +46,18 @@ pub enum ServeError {
     /// The backend failed to shut down cleanly (e.g. the snapshot was not written).
     #[error("backend shutdown: {0}")]
     Backend(#[from] BackendError),
+    /// The TLS or token files named in the config did not load.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+}
+
+/// The listeners [`run_secured`] serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC: LockService, health, reflection.
+    pub grpc: TcpListener,
+    /// HTTP: metrics and probes.
+    pub http: TcpListener,
 }
 
 /// State behind the HTTP endpoints.
@@ -56,6 +70,8 @@ struct Http<B> {
 
 /// Serves until `shutdown` completes, then shuts down gracefully.
 /// `leases_held` feeds the `turnstile_leases_held` gauge where the backend knows it.
+/// TLS and tokens are loaded from the files `config` names, and not re-read:
+/// [`run_secured`] takes a [`Security`] the caller can reload.
 pub async fn run<B: Backend>(
     backend: Arc<B>,
     config: &Config,
@@ -65,6 +81,22 @@ pub async fn run<B: Backend>(
     http: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let security = Security::load(config)?;
+    run_secured(backend, config, metrics, leases_held, Listeners { grpc, http }, security, shutdown).await
+}
+
+/// As [`run`], with the gRPC port guarded by `security`, which the caller
+/// keeps a clone of to reload (turnstiled does on SIGHUP).
+pub async fn run_secured<B: Backend>(
+    backend: Arc<B>,
+    config: &Config,
+    metrics: Arc<Metrics>,
+    leases_held: Box<dyn Fn() -> Option<usize> + Send + Sync>,
+    listeners: Listeners,
+    security: Security,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let Listeners { grpc, http } = listeners;
     let limits = Limits {
         default_ttl: config.default_ttl,
         ttl: backend.ttl_bounds(),
@@ -93,23 +125,31 @@ pub async fn run<B: Backend>(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let decode_limit = config.max_result_bytes + REQUEST_OVERHEAD;
-    let service =
-        LockServiceImpl::new(backend.clone(), limits, metrics.clone()).with_deadline_margin(config.deadline_margin);
+    let service = LockServiceImpl::new(backend.clone(), limits, metrics.clone())
+        .with_deadline_margin(config.deadline_margin)
+        .with_access(security.access.clone());
     let lock_service = LockServiceServer::new(service)
         // Room for the largest result plus the rest of the request.
         .max_decoding_message_size(decode_limit);
 
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
-    let grpc_server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .layer(crate::call::CallLayer::new(config.max_result_bytes, decode_limit))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(lock_service)
-        .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), async {
-            let _ = grpc_stopped.await;
-        });
-    let mut grpc_task = tokio::spawn(grpc_server);
+        .add_service(lock_service);
+    let grpc_stopped = async {
+        let _ = grpc_stopped.await;
+    };
+    let mut grpc_task = match &security.tls {
+        None => tokio::spawn(
+            router.serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), grpc_stopped),
+        ),
+        Some(tls) => {
+            tokio::spawn(router.serve_with_incoming_shutdown(crate::tls::incoming(grpc, tls.clone()), grpc_stopped))
+        }
+    };
 
     let state = Arc::new(Http { backend: backend.clone(), metrics, leases_held, serving: AtomicBool::new(true) });
     let router = Router::new()

@@ -1,5 +1,6 @@
 //! The `turnstile.v1.LockService` gRPC service: thin handlers that validate
-//! ([`crate::validate`]), call the [`Backend`], and map the result.
+//! ([`crate::validate`]), call the [`Backend`], and map the result. Each first
+//! checks the caller's token ([`crate::auth`]): a refusal changes nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use turnstile_proto::v1::{self, lock_service_server::LockService};
 
+use crate::auth::{self, Access, Verb};
 use crate::backend::{AcquireOutcome, Backend};
 use crate::call::{CallDeadline, TakeBack};
 use crate::convert::lock_info;
@@ -21,6 +23,7 @@ pub struct LockServiceImpl<B> {
     limits: Limits,
     metrics: Arc<Metrics>,
     deadline_margin: Duration,
+    access: Access,
 }
 
 /// Default of [`LockServiceImpl::with_deadline_margin`] (`--deadline-margin`).
@@ -29,7 +32,7 @@ pub const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 impl<B: Backend> LockServiceImpl<B> {
     /// A service answering from `backend` with the given validation limits.
     pub fn new(backend: Arc<B>, limits: Limits, metrics: Arc<Metrics>) -> Self {
-        LockServiceImpl { backend, limits, metrics, deadline_margin: DEFAULT_DEADLINE_MARGIN }
+        LockServiceImpl { backend, limits, metrics, deadline_margin: DEFAULT_DEADLINE_MARGIN, access: Access::Open }
     }
 
     /// How long before the call's own deadline (`grpc-timeout`) a wait ends,
@@ -38,6 +41,26 @@ impl<B: Backend> LockServiceImpl<B> {
     pub fn with_deadline_margin(mut self, margin: Duration) -> Self {
         self.deadline_margin = margin;
         self
+    }
+
+    /// Who may call (default: everyone).
+    pub fn with_access(mut self, access: Access) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// Whether the caller may do `verb` on `key`; a refusal is counted.
+    fn authorize<T>(
+        &self,
+        started: Instant,
+        rpc: &'static str,
+        request: &Request<T>,
+        verb: Verb,
+        key: &str,
+    ) -> Result<(), Status> {
+        self.access
+            .check(request.metadata(), verb, key)
+            .inspect_err(|s| self.metrics.call(rpc, s.code(), started.elapsed()))
     }
 
     /// The wait an acquire may spend in the queue: its `wait_timeout`, ended
@@ -135,10 +158,11 @@ impl<B: Backend> LockServiceImpl<B> {
         Ok(v1::ReleaseResponse { released })
     }
 
-    async fn list_inner(&self, req: v1::ListLocksRequest) -> Result<v1::ListLocksResponse, Status> {
-        let (prefix, after, size) = validate::list(&req)?;
+    async fn list_inner(&self, req: Request<v1::ListLocksRequest>) -> Result<v1::ListLocksResponse, Status> {
+        let scopes = self.access.list_scopes(req.metadata(), &req.get_ref().prefix)?;
+        let (prefix, after, size) = validate::list(req.get_ref())?;
         // One more than a page tells whether another page follows.
-        let mut locks = self.backend.list(prefix.clone(), after, size + 1).await?;
+        let mut locks = auth::list_scoped(&*self.backend, &scopes, after, size + 1).await?;
         let next_page_token = if locks.len() > size {
             locks.truncate(size);
             locks.last().map(|l| validate::page_token::encode(&prefix, &l.key)).unwrap_or_default()
@@ -153,6 +177,7 @@ impl<B: Backend> LockServiceImpl<B> {
 impl<B: Backend> LockService for LockServiceImpl<B> {
     async fn acquire(&self, request: Request<v1::AcquireRequest>) -> Result<Response<v1::AcquireResponse>, Status> {
         let started = Instant::now();
+        self.authorize(started, "Acquire", &request, Verb::Lock, &request.get_ref().key)?;
         let deadline = request.extensions().get::<CallDeadline>().copied();
         let res = self.acquire_inner(request.into_inner(), deadline).await;
         let (res, take_back) = match res {
@@ -170,18 +195,21 @@ impl<B: Backend> LockService for LockServiceImpl<B> {
 
     async fn renew(&self, request: Request<v1::RenewRequest>) -> Result<Response<v1::RenewResponse>, Status> {
         let started = Instant::now();
+        self.authorize(started, "Renew", &request, Verb::Lock, &request.get_ref().key)?;
         let res = self.renew_inner(request.into_inner()).await;
         self.observe("Renew", started, res)
     }
 
     async fn release(&self, request: Request<v1::ReleaseRequest>) -> Result<Response<v1::ReleaseResponse>, Status> {
         let started = Instant::now();
+        self.authorize(started, "Release", &request, Verb::Lock, &request.get_ref().key)?;
         let res = self.release_inner(request.into_inner()).await;
         self.observe("Release", started, res)
     }
 
     async fn get_lock(&self, request: Request<v1::GetLockRequest>) -> Result<Response<v1::LockInfo>, Status> {
         let started = Instant::now();
+        self.authorize(started, "GetLock", &request, Verb::Inspect, &request.get_ref().key)?;
         let req = request.into_inner();
         let res = match validate::key("key", &req.key) {
             Ok(()) => self.backend.get(req.key).await.map(|i| lock_info(&i)).map_err(Status::from),
@@ -195,7 +223,7 @@ impl<B: Backend> LockService for LockServiceImpl<B> {
         request: Request<v1::ListLocksRequest>,
     ) -> Result<Response<v1::ListLocksResponse>, Status> {
         let started = Instant::now();
-        let res = self.list_inner(request.into_inner()).await;
+        let res = self.list_inner(request).await;
         self.observe("ListLocks", started, res)
     }
 }

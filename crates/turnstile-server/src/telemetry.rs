@@ -74,6 +74,8 @@ pub struct Metrics {
     pub keys_held_back: Gauge,
     /// Writes of the state file (brought up to date at scrape time).
     pub state_writes: Counter,
+    /// Re-reads of the TLS and token files (SIGHUP), by file and result.
+    reloads: Outcomes,
     process: Process,
 }
 
@@ -141,6 +143,12 @@ impl Metrics {
         let keys_held_back = gauge("keys_held_back", "Keys held back after a crash until their long leases end");
         let state_writes = Counter::default();
         registry.register("state_writes", "Writes of the state file (fsync + rename)", state_writes.clone());
+        let reloads = Outcomes::default();
+        registry.register(
+            "reloads",
+            "Re-reads of the TLS and token files on SIGHUP, by file and result",
+            reloads.clone(),
+        );
         Metrics {
             registry: root,
             acquired,
@@ -164,8 +172,14 @@ impl Metrics {
             recovery_seconds_left,
             keys_held_back,
             state_writes,
+            reloads,
             process,
         }
+    }
+
+    /// Counts a re-read of `file` (`tls` or `tokens`).
+    pub fn reload(&self, file: &'static str, ok: bool) {
+        self.reloads.get_or_create(&vec![("file", file), ("result", if ok { "ok" } else { "error" })]).inc();
     }
 
     /// Counts an answered call and its latency.

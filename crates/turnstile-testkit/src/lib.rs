@@ -11,6 +11,8 @@
 //! - [`turnstiled_bin`]: where the binary is, building it if missing.
 //! - [`Etcd`] (module `etcd`): a real etcd on free loopback ports with a
 //!   temporary data dir, with stop, kill, pause and restart.
+//! - [`TestCa`] (module `pki`): a CA and certificates made in the test, for TLS.
+//! - [`eventually`]: polls a condition until it holds, with a deadline.
 //! - [`history`]: a recorder of client operations on one monotonic clock and
 //!   a checker of the lock model (no overlap, growing tokens, fenced writes).
 //!
@@ -26,8 +28,27 @@ use std::sync::OnceLock;
 mod etcd;
 pub mod history;
 mod inprocess;
+mod pki;
 pub use etcd::{etcd_bin, Etcd, ETCD_MISSING};
 pub use inprocess::{Bound, InProcess, Ready, Shutdown};
+pub use pki::{TestCa, TestCert};
+
+/// Polls `check` every 10 ms until it returns `Some`, failing the test with
+/// `what` once `within` has passed: a wait for a state, never a sleep.
+pub async fn eventually<T, F, Fut>(what: &str, within: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
 
 /// The `turnstiled` binary of this workspace's target dir, built once with
 /// cargo if it is not there yet (e.g. `cargo test -p turnstile-client`).

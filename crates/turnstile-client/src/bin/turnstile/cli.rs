@@ -2,7 +2,6 @@
 //! subcommands (clap derive), and the exit codes it documents.
 
 use std::ffi::OsString;
-#[cfg(feature = "tls")]
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -47,7 +46,8 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "turnstile", version, after_help = AFTER_HELP)]
 pub(crate) struct Cli {
-    /// Address of the coordinator (`http://host:port`; a bare `host:port` means http).
+    /// Address of the coordinator (`http://host:port`, or `https://host:port` for TLS;
+    /// a bare `host:port` means http).
     #[arg(long, global = true, env = "TURNSTILE_ADDR", default_value = "http://127.0.0.1:7700")]
     pub(crate) addr: String,
 
@@ -55,28 +55,41 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "TURNSTILE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub(crate) timeout: Duration,
 
-    /// Bearer token sent with every call.
+    /// Bearer token sent with every call (`authorization: Bearer TOKEN`), for a
+    /// coordinator started with --auth-token-file. Prefer the environment variable:
+    /// a flag shows in `ps`.
     #[arg(long = "token", global = true, env = "TURNSTILE_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub(crate) bearer_token: Option<String>,
 
-    /// PEM file of the CA that signed the coordinator's certificate (TLS).
-    #[cfg(feature = "tls")]
-    #[arg(long, global = true, env = "TURNSTILE_TLS_CA")]
+    /// PEM file of the CA that signed the coordinator's certificate, for an https://
+    /// --addr (without it: the system's root certificates).
+    #[arg(long = "ca", alias = "tls-ca", global = true, env = "TURNSTILE_TLS_CA", value_name = "PEM")]
     pub(crate) tls_ca: Option<PathBuf>,
 
-    /// PEM file of this client's certificate, for mutual TLS (with --tls-key).
-    #[cfg(feature = "tls")]
-    #[arg(long, global = true, env = "TURNSTILE_TLS_CERT", requires = "tls_key")]
+    /// PEM file of this client's certificate, for mutual TLS (with --key).
+    #[arg(
+        long = "cert",
+        alias = "tls-cert",
+        global = true,
+        env = "TURNSTILE_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
     pub(crate) tls_cert: Option<PathBuf>,
 
-    /// PEM file of this client's private key, for mutual TLS (with --tls-cert).
-    #[cfg(feature = "tls")]
-    #[arg(long, global = true, env = "TURNSTILE_TLS_KEY", requires = "tls_cert")]
+    /// PEM file of this client's private key, for mutual TLS (with --cert).
+    #[arg(
+        long = "key",
+        alias = "tls-key",
+        global = true,
+        env = "TURNSTILE_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
     pub(crate) tls_key: Option<PathBuf>,
 
     /// Name to check the coordinator's certificate against (default: the host of --addr).
-    #[cfg(feature = "tls")]
-    #[arg(long, global = true, env = "TURNSTILE_TLS_DOMAIN")]
+    #[arg(long, global = true, env = "TURNSTILE_TLS_DOMAIN", value_name = "NAME")]
     pub(crate) tls_domain: Option<String>,
 
     #[command(subcommand)]
@@ -203,6 +216,18 @@ mod tests {
         let cli = parse(&["--token", "secret", "release", "k", "7"]).expect("parses");
         assert_eq!(cli.bearer_token.as_deref(), Some("secret"));
         assert!(matches!(cli.command, Command::Release { token: 7, .. }));
+    }
+
+    #[test]
+    fn tls_flags_are_ca_cert_and_key_and_come_in_pairs() {
+        let cli = parse(&["--ca", "ca.pem", "--cert", "c.pem", "--key", "k.pem", "ls"]).expect("parses");
+        assert_eq!(cli.tls_ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!((cli.tls_cert.is_some(), cli.tls_key.is_some()), (true, true));
+        assert!(parse(&["--cert", "c.pem", "ls"]).is_err());
+        assert!(parse(&["--key", "k.pem", "ls"]).is_err());
+        // The lock's key is a positional argument; --key is the TLS key file.
+        let cli = parse(&["lock", "payment:42", "--", "true"]).expect("parses");
+        assert!(cli.tls_key.is_none());
     }
 
     #[test]

@@ -28,6 +28,14 @@ pub(crate) enum CliError {
     /// The coordinator refused or could not be reached.
     #[error(transparent)]
     Client(#[from] turnstile_client::Error),
+    /// A TLS file could not be read.
+    #[error("cannot read {path}: {source}", path = path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// A local I/O operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -67,10 +75,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
     if let Some(token) = &cli.bearer_token {
         builder = builder.bearer_token(token.clone());
     }
-    #[cfg(feature = "tls")]
-    {
-        builder = tls(builder, &cli)?;
-    }
+    builder = tls(builder, &cli)?;
     if let Command::Lock(args) = &cli.command {
         builder = builder.ttl(args.ttl);
         if let Some(owner) = &args.owner {
@@ -120,15 +125,13 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
     }
 }
 
-/// Applies the `--tls-*` flags.
-#[cfg(feature = "tls")]
+/// Applies `--ca`, `--cert`, `--key` and `--tls-domain`.
 fn tls(builder: turnstile_client::ClientBuilder, cli: &Cli) -> Result<turnstile_client::ClientBuilder, CliError> {
     use turnstile_client::{Certificate, ClientTlsConfig, Identity};
     if cli.tls_ca.is_none() && cli.tls_cert.is_none() && cli.tls_domain.is_none() {
         return Ok(builder);
     }
-    let read =
-        |p: &std::path::Path| std::fs::read(p).map_err(|source| CliError::Io { what: "reading a TLS file", source });
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|source| CliError::File { path: p.to_owned(), source });
     let mut tls = ClientTlsConfig::new();
     match &cli.tls_ca {
         Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read(ca)?)),
