@@ -231,6 +231,23 @@ impl Client {
         Ok(info.into())
     }
 
+    /// Whether the coordinator says it is SERVING (gRPC health of the server
+    /// as a whole): false while it recovers after a crash or shuts down. One
+    /// check, within the call timeout; an unreachable coordinator is an
+    /// error, as for any call.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), turnstile_client::Error> {
+    /// let client = turnstile_client::Client::connect("http://127.0.0.1:7700").await?;
+    /// if !client.serving().await? {
+    ///     eprintln!("turnstile is up but not granting (recovering or stopping)");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn serving(&self) -> Result<bool, Error> {
+        self.inner.serving().await
+    }
+
     /// Every held or awaited key starting with `prefix` (all pages), in key order.
     pub async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>, Error> {
         let mut out = Vec::new();

@@ -17,6 +17,7 @@ use crate::schedule::backoff;
 /// What a [`Client`](crate::Client) holds, shared with the renewal tasks of its guards.
 pub(crate) struct Inner {
     rpc: LockServiceClient<Channel>,
+    health: tonic_health::pb::health_client::HealthClient<Channel>,
     /// The owner prefix; each acquisition sends `{owner}/{n}`.
     pub(crate) owner: String,
     seq: AtomicU64,
@@ -55,6 +56,7 @@ impl Inner {
         auth: Option<MetadataValue<Ascii>>,
     ) -> Inner {
         Inner {
+            health: tonic_health::pb::health_client::HealthClient::new(channel.clone()),
             rpc: LockServiceClient::new(channel),
             owner,
             seq: AtomicU64::new(0),
@@ -62,6 +64,19 @@ impl Inner {
             call_timeout,
             auth,
             reached: AtomicBool::new(false),
+        }
+    }
+
+    /// One grpc.health.v1 check of the server as a whole, within the call
+    /// timeout: whether it says SERVING.
+    pub(crate) async fn serving(&self) -> Result<bool, crate::Error> {
+        use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+        let mut health = self.health.clone();
+        let check = health.check(HealthCheckRequest { service: String::new() });
+        match tokio::time::timeout(self.call_timeout, check).await {
+            Ok(Ok(r)) => Ok(r.into_inner().status() == ServingStatus::Serving),
+            Ok(Err(status)) => Err(crate::Error::from_status(status)),
+            Err(_) => Err(crate::Error::Timeout { operation: "Health.Check", after: self.call_timeout }),
         }
     }
 

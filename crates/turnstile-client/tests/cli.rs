@@ -320,6 +320,31 @@ async fn a_missing_command_and_an_unreachable_coordinator_have_their_codes() {
     assert_eq!(out.status.code(), Some(2), "usage error");
 }
 
+/// `turnstile health`, as the Docker HEALTHCHECK and the Kubernetes startup
+/// probe use it: 0 and SERVING when up, 1 and NOT_SERVING while recovering
+/// after a crash, 125 when unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_serving_not_serving_or_unreachable() {
+    let dir = turnstile_testkit::TempDir::new("cli-health");
+    let path = dir.path().to_str().expect("utf-8").to_owned();
+    let node = turnstile_testkit::Turnstiled::start(["--data-dir", &path]);
+    let out = output(turnstile(&node.url(), &["health"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is SERVING"));
+    let c =
+        turnstile_client::Client::builder(node.url()).ttl(Duration::from_secs(60)).connect().await.expect("connect");
+    let guard = c.lock("health:k").await.expect("lock");
+    std::mem::forget(guard); // held when the coordinator crashes
+    node.kill();
+    let node = turnstile_testkit::Turnstiled::start(["--data-dir", &path]);
+    let out = output(turnstile(&node.url(), &["health"])).await;
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is NOT_SERVING"));
+    let refused = turnstile_testkit::RefusedPort::new();
+    let out = output(turnstile(&refused.url(), &["--timeout", "500ms", "health"])).await;
+    assert_eq!(out.status.code(), Some(125));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_ls_and_release() {
     let node = server();

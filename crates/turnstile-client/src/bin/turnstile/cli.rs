@@ -12,6 +12,8 @@ use clap::{Args, Parser, Subcommand};
 pub(crate) mod exit {
     /// `release`: the lease had already ended; nothing was released.
     pub(crate) const NOT_RELEASED: u8 = 1;
+    /// `health`: the coordinator answered NOT_SERVING.
+    pub(crate) const NOT_SERVING: u8 = 1;
     /// `lock`: the lock was not obtained within `--wait` (EX_TEMPFAIL).
     pub(crate) const NOT_OBTAINED: u8 = 75;
     /// `lock`: the lease was lost while the command ran (the command was
@@ -134,6 +136,10 @@ pub(crate) enum Command {
         /// The fencing token of the lease to end.
         token: u64,
     },
+    /// Check that the coordinator is up and SERVING (gRPC health), like
+    /// `etcdctl endpoint health`: prints its state and exits 0 when SERVING,
+    /// 1 when it answers NOT_SERVING (recovering after a crash, or stopping).
+    Health,
     /// Internal to `lock` (hidden): kill the command's process group if
     /// turnstile dies. See `child::Watchdog`.
     #[command(name = crate::child::WATCHDOG, hide = true)]

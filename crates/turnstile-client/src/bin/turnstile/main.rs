@@ -120,6 +120,12 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 Ok(exit::NOT_RELEASED)
             }
         }
+        Command::Health => {
+            let serving = client.serving().await?;
+            let addr = &cli.addr;
+            writeln!(out, "{addr} is {}", if serving { "SERVING" } else { "NOT_SERVING" }).map_err(io)?;
+            Ok(if serving { 0 } else { exit::NOT_SERVING })
+        }
         // Handled in main, before the runtime; harmless here too.
         Command::Watchdog => Ok(child::watchdog()),
     }
