@@ -5,14 +5,11 @@
 
 use std::fmt;
 use std::process::ExitStatus;
-use std::sync::Arc;
 
-use clap::Parser;
-use turnstile_server::backend::memory::MemoryBackend;
-use turnstile_server::config::Config;
-use turnstile_server::server::run;
-use turnstile_server::telemetry::Metrics;
 use turnstile_testkit::{InProcess, Turnstiled};
+
+#[path = "../support/memory.rs"]
+mod memory;
 
 /// A running coordinator.
 #[derive(Debug)]
@@ -84,25 +81,8 @@ impl Node {
     }
 }
 
-/// Starts the memory backend in this process with `turnstiled`'s flags
-/// `args` (parsed and validated as the binary does; the listen addresses are
-/// replaced by free loopback ports), and serves it with [`run`] as `turnstiled`
-/// does, until [`Node::terminate`] or [`Node::kill`].
+/// The memory backend in this process with `turnstiled`'s flags `args`
+/// (see `support/memory.rs`), as a [`Node`].
 pub(crate) fn memory_in_process(args: &[String]) -> Node {
-    let argv = ["turnstiled", "--backend", "memory"].into_iter().map(String::from).chain(args.iter().cloned());
-    let config = Config::try_parse_from(argv).unwrap_or_else(|e| panic!("turnstiled flags {args:?}: {e}"));
-    config.validate().unwrap_or_else(|e| panic!("turnstiled flags {args:?}: {e}"));
-    let server = InProcess::start(move |bound| async move {
-        let metrics = Arc::new(Metrics::new());
-        let backend =
-            MemoryBackend::start(&config, metrics.clone()).map_err(|e| format!("opening the memory backend: {e}"))?;
-        let backend = Arc::new(backend);
-        let held = backend.clone();
-        bound.ready.announce();
-        let leases_held = Box::new(move || Some(held.leases_held()));
-        run(backend, &config, metrics, leases_held, bound.grpc, bound.http, bound.shutdown)
-            .await
-            .map_err(|e| e.to_string())
-    });
-    Node::InProcess(server.unwrap_or_else(|e| panic!("in-process turnstiled did not start: {e}")))
+    Node::InProcess(memory::memory_in_process(args))
 }

@@ -3,10 +3,39 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
+use turnstile_server::backend::memory::MemoryBackend;
 use turnstile_server::backend::{AcquireOutcome, Backend};
 use turnstile_server::clock::Clock;
 
 use crate::{await_waiters, backend, must_acquire, req};
+
+/// A step of the holder that shortens its lease on `k` (token given).
+type Shorten = fn(std::sync::Arc<MemoryBackend>, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// A holds `k` for 20 s while B waits (8 s); `shorten` cuts A's lease to
+/// 300 ms. B must be granted at the new expiry, to the virtual millisecond.
+async fn waiter_granted_at_the_shortened_expiry(shorten: Shorten) {
+    let b = std::sync::Arc::new(backend(&["--data-dir", ""], Clock::new()).expect("start"));
+    let a = must_acquire(&b, req("k", "a", Duration::from_secs(20), Duration::ZERO)).await;
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let out = b.acquire(req("k", "b", Duration::from_secs(20), Duration::from_secs(8))).await;
+            (out, Instant::now())
+        })
+    };
+    await_waiters(&b, "k", 1).await;
+    let shortened_at = Instant::now();
+    shorten(b.clone(), a.token).await;
+    let (out, granted_at) = waiter.await.expect("waiter task");
+    let Ok(AcquireOutcome::Acquired(g)) = out else { panic!("the waiter was not granted: {out:?}") };
+    assert!(g.token > a.token, "G2");
+    let after = granted_at - shortened_at;
+    assert!(
+        after >= Duration::from_millis(300) && after <= Duration::from_millis(302),
+        "granted {after:?} after the lease was cut to 300 ms, not at the new expiry"
+    );
+}
 
 /// G3 after a shorter refresh (issue 9, defect 1): the holder re-acquires
 /// its own key (G5) with a TTL shorter than the one it held, while a waiter
@@ -14,48 +43,24 @@ use crate::{await_waiters, backend, must_acquire, req};
 /// when the shard's task happens to wake for an older deadline.
 #[tokio::test(start_paused = true)]
 async fn g3_a_refresh_to_a_shorter_ttl_grants_the_waiter_at_the_new_expiry() {
-    let b = std::sync::Arc::new(backend(&["--data-dir", ""], Clock::new()).expect("start"));
-    let a = must_acquire(&b, req("k", "a", Duration::from_secs(20), Duration::ZERO)).await;
-    let waiter = {
-        let b = b.clone();
-        tokio::spawn(async move {
-            let out = b.acquire(req("k", "b", Duration::from_secs(20), Duration::from_secs(8))).await;
-            (out, Instant::now())
+    waiter_granted_at_the_shortened_expiry(|b, token| {
+        Box::pin(async move {
+            let again = must_acquire(&b, req("k", "a", Duration::from_millis(300), Duration::ZERO)).await;
+            assert_eq!(again.token, token, "G5: the same lease, refreshed");
         })
-    };
-    await_waiters(&b, "k", 1).await;
-    let refreshed_at = Instant::now();
-    let again = must_acquire(&b, req("k", "a", Duration::from_millis(300), Duration::ZERO)).await;
-    assert_eq!(again.token, a.token, "G5: the same lease, refreshed");
-    let (out, granted_at) = waiter.await.expect("waiter task");
-    let Ok(AcquireOutcome::Acquired(g)) = out else { panic!("the waiter was not granted: {out:?}") };
-    assert!(g.token > a.token);
-    let after = granted_at - refreshed_at;
-    assert!(
-        after >= Duration::from_millis(300) && after <= Duration::from_millis(302),
-        "granted {after:?} after the refresh to 300 ms, not at the new expiry"
-    );
+    })
+    .await;
 }
 
 /// G3 after a shorter renew: the same rule through Renew.
 #[tokio::test(start_paused = true)]
 async fn g3_a_renew_to_a_shorter_ttl_grants_the_waiter_at_the_new_expiry() {
-    let b = std::sync::Arc::new(backend(&["--data-dir", ""], Clock::new()).expect("start"));
-    let a = must_acquire(&b, req("k", "a", Duration::from_secs(20), Duration::ZERO)).await;
-    let waiter = {
-        let b = b.clone();
-        tokio::spawn(async move {
-            let out = b.acquire(req("k", "b", Duration::from_secs(20), Duration::from_secs(8))).await;
-            (out, Instant::now())
+    waiter_granted_at_the_shortened_expiry(|b, token| {
+        Box::pin(async move {
+            b.renew("k".into(), token, Some(Duration::from_millis(300))).await.expect("renew");
         })
-    };
-    await_waiters(&b, "k", 1).await;
-    let renewed_at = Instant::now();
-    b.renew("k".into(), a.token, Some(Duration::from_millis(300))).await.expect("renew");
-    let (out, granted_at) = waiter.await.expect("waiter task");
-    assert!(matches!(out, Ok(AcquireOutcome::Acquired(_))), "{out:?}");
-    let after = granted_at - renewed_at;
-    assert!(after >= Duration::from_millis(300) && after <= Duration::from_millis(302), "granted after {after:?}");
+    })
+    .await;
 }
 
 /// A waiter's wait ends at its deadline, and a lease at its expiry, each

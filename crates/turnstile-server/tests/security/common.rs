@@ -1,18 +1,15 @@
 //! What the security tests share: the token file, servers and clients.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Request;
 use turnstile_proto::v1::{self, lock_service_client::LockServiceClient};
-use turnstile_server::backend::memory::MemoryBackend;
-use turnstile_server::config::Config;
-use turnstile_server::server::run;
-use turnstile_server::telemetry::Metrics;
 use turnstile_testkit::{InProcess, TestCert};
+
+#[path = "../support/memory.rs"]
+mod memory;
 
 /// May lock and inspect `payments/` only.
 pub(crate) const PAYMENTS: &str = "payments-7f3c9a1e5b2d4c6f";
@@ -38,22 +35,10 @@ pub(crate) fn token_file(dir: &Path) -> PathBuf {
 }
 
 /// The memory backend served in this process with `turnstiled`'s flags
-/// `args` (parsed and validated as the binary does), without state.
+/// `args`, without state.
 pub(crate) fn in_process(args: &[&str]) -> InProcess {
-    let argv = ["turnstiled", "--data-dir", ""].iter().chain(args).map(|s| s.to_string());
-    let config = Config::try_parse_from(argv).unwrap_or_else(|e| panic!("turnstiled flags {args:?}: {e}"));
-    config.validate().unwrap_or_else(|e| panic!("turnstiled flags {args:?}: {e}"));
-    InProcess::start(move |bound| async move {
-        let metrics = Arc::new(Metrics::new());
-        let backend = Arc::new(MemoryBackend::start(&config, metrics.clone()).map_err(|e| e.to_string())?);
-        let held = backend.clone();
-        bound.ready.announce();
-        let leases_held = Box::new(move || Some(held.leases_held()));
-        run(backend, &config, metrics, leases_held, bound.grpc, bound.http, bound.shutdown)
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .unwrap_or_else(|e| panic!("in-process turnstiled did not start: {e}"))
+    let argv: Vec<&str> = ["--data-dir", ""].into_iter().chain(args.iter().copied()).collect();
+    memory::memory_in_process(&argv)
 }
 
 /// A plaintext channel to `url`.
