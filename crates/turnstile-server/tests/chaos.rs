@@ -61,12 +61,14 @@ async fn sigkill_and_restart_keep_the_lock_model() {
     let newcomer = chaos.client(101, "newcomer");
     let held = holder.acquire("held", Duration::from_secs(2), Duration::ZERO).await;
     let (token, _) = granted(&held).expect("holder granted");
+    // The scenario: the clients' load runs for a while before the crash.
     tokio::time::sleep(ms(200)).await;
     chaos.kill_and_restart().await;
     // The crash forgot the lease: the holder learns it at once, and the key
     // is granted to nobody while the holder may still count on it.
     holder.renew("held", token, Duration::from_secs(2)).await;
     newcomer.acquire("held", TTL, Duration::ZERO).await;
+    // The scenario: load runs between the two crashes and after them.
     tokio::time::sleep(ms(300)).await;
     chaos.kill_and_restart().await;
     tokio::time::sleep(ms(300)).await;
@@ -105,6 +107,7 @@ async fn sigstop_of_turnstiled_keeps_the_lock_model() {
     // the next owner is granted, never while the holder could count on it.
     let after = next.acquire("held", TTL, Duration::from_secs(2)).await;
     assert!(granted(&after).is_some(), "granted after the pause: {after}");
+    // The scenario: load runs on after the pause before the history is checked.
     tokio::time::sleep(ms(200)).await;
     let report = chaos.finish().await;
     passed(&report);
@@ -170,6 +173,7 @@ async fn a_read_only_data_dir_keeps_the_lock_model() {
     }
     newcomer.acquire("held", TTL, Duration::from_secs(1)).await;
     chaos.kill_and_restart().await;
+    // The scenario: load runs on after the restart before the history is checked.
     tokio::time::sleep(ms(300)).await;
     let report = chaos.finish().await;
     passed(&report);

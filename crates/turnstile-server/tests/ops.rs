@@ -89,7 +89,10 @@ async fn metrics_pass_promtool_and_say_their_format() {
         let mut c = c.clone();
         tokio::spawn(async move { c.acquire(acquire("m", "b", 30)).await })
     };
+    // Wait until the waiter is parked (poll with a deadline).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while c.get_lock(v1::GetLockRequest { key: "m".into() }).await.unwrap().into_inner().waiters != 1 {
+        assert!(std::time::Instant::now() < deadline, "waiter never parked");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     c.release(v1::ReleaseRequest { key: "m".into(), fencing_token: lease.fencing_token, result: None }).await.unwrap();
