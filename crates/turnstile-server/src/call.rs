@@ -181,7 +181,7 @@ where
                     }
                 },
             };
-            Ok(guard_delivery(too_large_is_exhausted(res, &method, limits)))
+            Ok(guard_delivery(undecodable_is_invalid(too_large_is_exhausted(res, &method, limits))))
         })
     }
 }
@@ -218,6 +218,54 @@ fn too_large_is_exhausted(mut res: Response<Body>, method: &str, limits: SizeLim
         }
     }
     res
+}
+
+/// tonic's codec answers a request it cannot decode (malformed protobuf, a
+/// string field that is not UTF-8) with `INTERNAL` before any handler runs;
+/// it is bad input, so it is answered `INVALID_ARGUMENT` (G8) naming the
+/// field when the decoder does (`AcquireRequest.key: invalid string value`).
+fn undecodable_is_invalid(mut res: Response<Body>) -> Response<Body> {
+    const DECODE: &str = "failed to decode Protobuf message: ";
+    if res.headers().get("grpc-status") != Some(&HeaderValue::from(tonic::Code::Internal as i32)) {
+        return res;
+    }
+    let Some(status) = Status::from_header_map(res.headers()) else { return res };
+    let Some(why) = status.message().strip_prefix(DECODE) else { return res };
+    let field = why
+        .split_once(": ")
+        .and_then(|(path, _)| path.rsplit('.').next())
+        .filter(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or("request");
+    let status = Status::from(crate::error::InvalidArgument {
+        field: request_field(field),
+        reason: format!("cannot be decoded ({why})"),
+    });
+    let (parts, _) = status.into_http::<Body>().into_parts();
+    for (name, value) in parts.headers.iter() {
+        if name.as_str().starts_with("grpc-") {
+            res.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    res
+}
+
+/// A request field name of turnstile.v1 as a `'static` string (`request`
+/// when the decoder named none of them).
+fn request_field(field: &str) -> &'static str {
+    const FIELDS: [&str; 11] = [
+        "key",
+        "owner",
+        "ttl",
+        "wait_timeout",
+        "share_result",
+        "fencing_token",
+        "result",
+        "prefix",
+        "page_size",
+        "page_token",
+        "request",
+    ];
+    FIELDS.into_iter().find(|f| *f == field).unwrap_or("request")
 }
 
 /// Watches the body of a response that carries a [`TakeBack`].
@@ -330,6 +378,21 @@ mod tests {
             let reason = status.get_details_error_info().expect("ErrorInfo").reason;
             assert_eq!(reason, if path.ends_with("Release") { "RESULT_TOO_LARGE" } else { "REQUEST_TOO_LARGE" });
         }
+    }
+
+    /// A request the codec cannot decode is INVALID_ARGUMENT naming the field (G8).
+    #[tokio::test]
+    async fn an_undecodable_request_is_invalid_argument_naming_the_field() {
+        use tower::{Layer, ServiceExt};
+        let codec = tower::service_fn(|_: Request<()>| async {
+            let s = Status::internal("failed to decode Protobuf message: AcquireRequest.key: invalid string value");
+            Ok::<_, std::convert::Infallible>(s.into_http())
+        });
+        let req = Request::builder().uri("/turnstile.v1.LockService/Acquire").body(()).expect("request");
+        let res = CallLayer::new(10, 100).layer(codec).oneshot(req).await.expect("answered");
+        let status = Status::from_header_map(res.headers()).expect("a status");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().starts_with("invalid key: cannot be decoded"), "{}", status.message());
     }
 
     fn counting() -> (TakeBack, Arc<AtomicUsize>) {
