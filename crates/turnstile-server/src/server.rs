@@ -123,6 +123,9 @@ pub async fn run_secured<B: Backend>(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(turnstile_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc error details, so that grpcurl and other reflection
+            // clients can show BadRequest, ErrorInfo and RetryInfo in words.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
     let decode_limit = config.max_result_bytes + REQUEST_OVERHEAD;
     let service = LockServiceImpl::new(backend.clone(), limits, metrics.clone())
