@@ -7,12 +7,18 @@
 //! `google.protobuf.Duration`), written here independently of the code under
 //! test. Each field is judged valid, invalid, or either way:
 //! - key 1–512 bytes, owner 1–256 bytes, list prefix at most 512 bytes; a
-//!   control character anywhere makes them invalid, and text made only of
-//!   plainly visible characters (ASCII, common Latin, Greek, Cyrillic, kana,
-//!   CJK) makes them valid. Other characters are either way: the rule refusing
-//!   invisible and text-direction characters names examples, not a list;
+//!   control character anywhere makes them invalid, and so does one of the
+//!   invisible or text-direction characters the rule names by kind (Unicode's
+//!   bidi controls U+061C, U+200E/F, U+202A–U+202E, U+2066–U+2069; zero-width
+//!   U+200B–U+200D, U+2060, U+FEFF; separators U+2028/U+2029). Text made only
+//!   of plainly visible characters (ASCII, common Latin, Greek, Cyrillic,
+//!   kana, CJK) is valid. Other characters are either way: the rule names
+//!   kinds, not a full list;
 //! - durations valid when well-formed and not negative, fencing token when not 0;
-//! - a page token is opaque: empty is valid, anything else either way.
+//! - a page token is opaque: empty is valid; anything but the token the server
+//!   issues for a key under the listing's prefix is invalid (so an accepted
+//!   token is exactly `page_token::encode(prefix, key)` of the key it continues
+//!   after: garbage, a truncated token or another prefix's token are refused).
 //!
 //! Then: a request with an invalid field is refused; one whose fields are all
 //! valid is accepted; a refusal names a field of that message that is not
@@ -118,9 +124,17 @@ fn plain(c: char) -> bool {
         | 0x410..=0x44F | 0x3041..=0x3096 | 0x30A1..=0x30FA | 0x4E00..=0x9FFF | 0x20AC)
 }
 
+/// The invisible and text-direction characters the documented rule names by
+/// kind: bidi controls, zero-width characters, line and paragraph separators.
+fn named_invisible(c: char) -> bool {
+    matches!(u32::from(c),
+        0x061C | 0x200E | 0x200F | 0x202A..=0x202E | 0x2066..=0x2069
+        | 0x200B..=0x200D | 0x2060 | 0xFEFF | 0x2028 | 0x2029)
+}
+
 /// A key, owner or prefix of `len` bytes.
 fn text(s: &str, len: std::ops::RangeInclusive<usize>) -> Verdict {
-    if !len.contains(&s.len()) || s.chars().any(char::is_control) {
+    if !len.contains(&s.len()) || s.chars().any(|c| c.is_control() || named_invisible(c)) {
         Verdict::Invalid
     } else if s.chars().all(plain) {
         Verdict::Valid
@@ -228,7 +242,15 @@ fn check_release(req: &v1::ReleaseRequest) {
 
 fn check_list(req: &v1::ListLocksRequest) {
     let prefix = if req.prefix.is_empty() { Verdict::Valid } else { text(&req.prefix, 0..=*KEY_BYTES.end()) };
-    let token = if req.page_token.is_empty() { Verdict::Valid } else { Verdict::Either };
+    let token = if req.page_token.is_empty() {
+        Verdict::Valid
+    } else {
+        // Valid only as the token issued for some key under the prefix; the
+        // decoder proposes the key, the encoder must give back the same token.
+        let issued = validate::page_token::decode(&req.prefix, &req.page_token)
+            .is_ok_and(|k| k.starts_with(&req.prefix) && validate::page_token::encode(&req.prefix, &k) == req.page_token);
+        verdict(issued)
+    };
     let fields = [("prefix", prefix), ("page_token", token)];
     let got = validate::list(req);
     let size = match req.page_size as usize {
