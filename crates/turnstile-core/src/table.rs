@@ -147,6 +147,7 @@ impl<W> LockTable<W> {
                     token: self.counters.issue(),
                     ttl,
                     expires_at: now + Duration::from_nanos(ttl),
+                    granted_at: now,
                 };
                 if let Some(e) = self.store.get_mut(h) {
                     arm(&mut self.wheel, e, h, holder.expires_at);
@@ -303,6 +304,7 @@ impl<W> LockTable<W> {
             token: lease.token,
             ttl: nanos(lease.ttl),
             expires_at: lease.expires_at,
+            granted_at: lease.granted_at.min(now),
         };
         if let Some(e) = self.store.get_mut(h) {
             arm(&mut self.wheel, e, h, holder.expires_at);
@@ -322,7 +324,14 @@ impl<W> LockTable<W> {
     pub fn hold_key_until(&mut self, key: &str, until: Time, now: Time) -> bool {
         let ttl = until.saturating_since(now);
         self.restore(
-            &Lease { key: Arc::from(key), owner: Arc::from(RECOVERY_OWNER), token: 0, ttl, expires_at: until },
+            &Lease {
+                key: Arc::from(key),
+                owner: Arc::from(RECOVERY_OWNER),
+                token: 0,
+                ttl,
+                expires_at: until,
+                granted_at: now,
+            },
             now,
         )
     }
@@ -447,13 +456,7 @@ impl<W> LockTable<W> {
         let Some(e) = self.store.get_mut(h) else { return };
         if let Some(x) = e.holder.take() {
             self.counters.remove_lease();
-            let lease = Lease {
-                key: e.key.to_arc(),
-                owner: x.owner,
-                token: x.token,
-                ttl: Duration::from_nanos(x.ttl),
-                expires_at: x.expires_at,
-            };
+            let lease = lease_of(&e.key, &x);
             self.effects.push(Effect::Expired { lease });
         }
         self.grant_next(h, now);
@@ -523,6 +526,7 @@ impl<W> LockTable<W> {
                     token: self.counters.issue(),
                     ttl: w.ttl,
                     expires_at: now + Duration::from_nanos(w.ttl),
+                    granted_at: now,
                 };
                 arm(&mut self.wheel, e, h, holder.expires_at);
                 let lease = lease_of(&e.key, &holder);
@@ -561,7 +565,14 @@ fn arm<W>(wheel: &mut Wheel, e: &mut Entry<W>, h: u32, at: Time) {
 /// that ever not hold, answer with an already-expired lease rather than panic.
 fn unreachable_lease(key: &str) -> Lease {
     debug_assert!(false, "lease asked for a key without holder: {key}");
-    Lease { key: Arc::from(key), owner: Arc::from(""), token: 0, ttl: Duration::ZERO, expires_at: Time::ZERO }
+    Lease {
+        key: Arc::from(key),
+        owner: Arc::from(""),
+        token: 0,
+        ttl: Duration::ZERO,
+        expires_at: Time::ZERO,
+        granted_at: Time::ZERO,
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,9 @@ pub struct Lease {
     pub ttl: Duration,
     /// When the lease ends unless renewed.
     pub expires_at: Time,
+    /// When it was granted (renewals keep it; a lease restored from a
+    /// snapshot counts from its restore). Hold time is measured from here.
+    pub granted_at: Time,
 }
 
 /// A snapshot of one key's state, for inspection and for contended try-locks.

@@ -422,6 +422,7 @@ fn recovery_barrier_serves_waiters_behind_a_lease_that_ended_during_it() {
         token: 41,
         ttl: SEC,
         expires_at: Time::from_millis(1_000),
+        granted_at: Time::ZERO,
     };
     assert!(t.restore(&restored, Time::ZERO));
     t.hold_grants_until(Time::from_millis(5_000));
@@ -520,4 +521,29 @@ fn g4_waiter_left_queued_at_the_lease_limit_is_granted_when_a_lease_frees() {
     };
     assert!(t.release("a", token, None, Time::from_millis(20)));
     assert_eq!(drain(&mut t), vec![("granted", 2)], "the freed lease goes to the waiter on b");
+}
+
+#[test]
+fn a_lease_keeps_its_grant_time_through_renewals_refreshes_and_its_expiry() {
+    let mut t = table();
+    let at = Time::from_millis(100);
+    let lease = granted(t.acquire(&args("k", "a", SEC), None, at));
+    assert_eq!(lease.granted_at, at);
+    let renewed = t.renew("k", lease.token, None, Time::from_millis(600)).expect("renew");
+    assert_eq!(renewed.granted_at, at, "a renewal extends the same hold");
+    let again = refreshed(t.acquire(&args("k", "a", SEC), None, Time::from_millis(1_200)));
+    assert_eq!(again.granted_at, at, "a G5 refresh extends the same hold");
+    queued(t.acquire(&args("k", "b", SEC), wait(Time::from_millis(9_000), 1), Time::from_millis(1_300)));
+    t.tick(Time::from_millis(2_200));
+    let effects: Vec<_> = t.drain_effects().collect();
+    let expired = effects.iter().find_map(|e| match e {
+        Effect::Expired { lease } => Some(lease.clone()),
+        _ => None,
+    });
+    assert_eq!(expired.map(|l| (l.granted_at, l.expires_at)), Some((at, Time::from_millis(2_200))));
+    let next = effects.iter().find_map(|e| match e {
+        Effect::Granted { lease, .. } => Some(lease.granted_at),
+        _ => None,
+    });
+    assert_eq!(next, Some(Time::from_millis(2_200)), "the next holder's hold starts at its grant");
 }

@@ -64,6 +64,9 @@ pub struct Metrics {
     /// From the end of a lease (release or expiry) to the next waiter's
     /// handler holding the grant.
     pub handoff_seconds: Histogram,
+    /// How long leases were held: from the grant to the release or expiry
+    /// (memory backend; on etcd, leases this sidecar granted and released).
+    pub hold_seconds: Histogram,
     /// Leases held now (set at scrape time).
     pub leases_held: Gauge,
     /// Acquires parked in a queue now.
@@ -130,6 +133,13 @@ impl Metrics {
             "From the end of a lease (release or expiry) to the next waiter holding it",
             handoff_seconds.clone(),
         );
+        // Leases run from 100 ms to an hour: 1 ms .. 70 min.
+        let hold_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 23));
+        registry.register(
+            "hold_seconds",
+            "How long leases were held, from the grant to the release or expiry",
+            hold_seconds.clone(),
+        );
         let mut gauge = |name: &str, help: &str| {
             let g = Gauge::default();
             registry.register(name, help, g.clone());
@@ -168,6 +178,7 @@ impl Metrics {
             latency,
             wait_seconds,
             handoff_seconds,
+            hold_seconds,
             leases_held,
             waiters,
             backend_up,

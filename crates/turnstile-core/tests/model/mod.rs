@@ -177,6 +177,7 @@ impl Harness {
             token,
             ttl,
             expires_at: self.now + ttl,
+            granted_at: self.now,
         };
         self.span = self.span.max(key + 1);
         let ok = self.table.restore(&lease, self.now);

@@ -177,6 +177,8 @@ impl DurableState {
                         token: l.token,
                         ttl: Duration::from_millis(l.ttl_ms),
                         expires_at: now + Duration::from_millis(l.expires_unix_ms - now_ms),
+                        // Not persisted: the hold counts from the restore.
+                        granted_at: now,
                     })
                     .collect();
                 (leases, hold)
@@ -461,7 +463,7 @@ mod tests {
     }
 
     fn lease(key: &str, token: u64, ttl: Duration, expires_at: Time) -> Lease {
-        Lease { key: key.into(), owner: "o".into(), token, ttl, expires_at }
+        Lease { key: key.into(), owner: "o".into(), token, ttl, expires_at, granted_at: Time::ZERO }
     }
 
     fn rand_suffix() -> u64 {
@@ -510,6 +512,7 @@ mod tests {
             token: 7,
             ttl: Duration::from_secs(30),
             expires_at: clock.now() + Duration::from_secs(30),
+            granted_at: clock.now(),
         };
         s.ensure(&lease).await.unwrap();
         s.write_snapshot(vec![lease], None).await.unwrap();

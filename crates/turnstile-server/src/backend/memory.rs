@@ -262,6 +262,9 @@ impl Inner {
                 }
                 Effect::Expired { lease } => {
                     self.metrics.leases_expired.inc();
+                    self.metrics
+                        .hold_seconds
+                        .observe(lease.expires_at.saturating_since(lease.granted_at).as_secs_f64());
                     tracing::debug!(key = %lease.key, owner = %lease.owner, token = lease.token, "lease expired");
                 }
             }
@@ -515,7 +518,15 @@ impl Backend for MemoryBackend {
         inner.check_open()?;
         let idx = inner.shard_of(&key);
         let result: Option<Arc<[u8]>> = result.map(Arc::from);
-        Ok(inner.with_table(idx, |t, now| t.release(&key, token, result, now)))
+        let (released, held) = inner.with_table(idx, |t, now| {
+            let granted_at = t.holder_lease(&key, now).filter(|l| l.token == token).map(|l| l.granted_at);
+            let released = t.release(&key, token, result, now);
+            (released, granted_at.map(|g| now.saturating_since(g)))
+        });
+        if let (true, Some(held)) = (released, held) {
+            inner.metrics.hold_seconds.observe(held.as_secs_f64());
+        }
+        Ok(released)
     }
 
     async fn get(&self, key: String) -> Result<LockInfo, BackendError> {
