@@ -49,7 +49,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::{AcquireOutcome, AcquireRequest, Backend, Grant, LockInfo, TtlBounds};
+use super::{AcquireOutcome, AcquireRequest, Backend, ForceReleased, Grant, LockInfo, TtlBounds};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::BackendError;
@@ -423,6 +423,10 @@ impl Backend for EtcdBackend {
 
     async fn release(&self, key: String, token: u64, result: Option<Vec<u8>>) -> Result<bool, BackendError> {
         holders::release(&self.inner, key, token, result).await
+    }
+
+    async fn force_release(&self, key: String, token: Option<u64>) -> Result<ForceReleased, BackendError> {
+        holders::force_release(&self.inner, key, token).await
     }
 
     async fn get(&self, key: String) -> Result<LockInfo, BackendError> {
