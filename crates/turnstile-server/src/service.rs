@@ -169,7 +169,7 @@ impl<B: Backend> LockServiceImpl<B> {
         if let Some(g) = &caller {
             g.check(Verb::Admin, &request.get_ref().key)?;
         }
-        let peer = request.remote_addr();
+        let peer = request.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.to_string());
         let (key, token) = validate::force_release(request.get_ref())?;
         let out = self.backend.force_release(key.clone(), token).await?;
         let previous = lock_info(&out.previous);
@@ -181,7 +181,7 @@ impl<B: Backend> LockServiceImpl<B> {
                 token = previous.fencing_token,
                 waiters = previous.waiters,
                 caller = caller.as_ref().map_or("(no token: open access)", |g| g.name.as_str()),
-                peer = ?peer,
+                peer = %peer,
                 "force release: the lease was ended by an operator, as if it had expired"
             );
         }
