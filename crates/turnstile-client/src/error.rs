@@ -10,7 +10,8 @@ use tonic_types::StatusExt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LostReason {
     /// The coordinator answered that the lease has ended: it expired on the
-    /// coordinator's side, someone released it with its fencing token, or the
+    /// coordinator's side, someone released it with its fencing token, an
+    /// operator force-released it (`turnstile release --force`), or the
     /// coordinator restarted after a crash. Another owner may hold the key now.
     Ended,
     /// The lease's validity (send time of the last successful grant or renew,
