@@ -124,6 +124,12 @@ impl Client {
     pub(crate) async fn acquire(&self, key: &str, wait: Wait, share_result: bool) -> Result<Acquired, Error> {
         check_key(key)?;
         let inner = &self.inner;
+        if !matches!(wait, Wait::No) && !inner.has_reached() {
+            // A queued Acquire may rightly go unanswered for its whole wait:
+            // first make sure, within the call timeout, that the coordinator
+            // answers at all (not merely accepts connections).
+            inner.probe("Acquire").await?;
+        }
         let owner = inner.next_owner();
         let mut confirmed = false;
         let mut failures: u32 = 0;

@@ -10,7 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 use turnstile_proto::v1;
 
 use crate::error::Error;
-use crate::info::LockInfo;
+use crate::info::{ForceReleased, LockInfo};
 use crate::rpc::{Inner, Retry};
 
 /// Longest key, in bytes (the coordinator's rule, checked here too so a bad
@@ -118,7 +118,10 @@ impl ClientBuilder {
     /// cannot be reached. Later disconnections are repaired on their own.
     pub async fn connect(self) -> Result<Client, Error> {
         let (endpoint, inner) = self.parts()?;
-        let channel = endpoint.connect().await.map_err(|e| Error::Unavailable { message: chain(&e) })?;
+        let host_port = endpoint.uri().authority().map_or_else(String::new, |a| a.to_string());
+        let channel = endpoint.connect().await.map_err(|e| Error::Unavailable {
+            message: format!("cannot reach turnstiled at {host_port}: {}", chain_words(&e)),
+        })?;
         let client = inner(channel);
         client.inner.mark_reached();
         Ok(client)
@@ -184,7 +187,9 @@ impl ClientBuilder {
             return Err(invalid("addr", "https:// needs the `tls` feature of turnstile-client"));
         }
         let (ttl, call_timeout) = (self.ttl, self.call_timeout);
-        let inner = move |channel| Client { inner: Arc::new(Inner::new(channel, owner, ttl, call_timeout, auth)) };
+        let host_port = endpoint.uri().authority().map_or_else(|| addr.clone(), |a| a.to_string());
+        let inner =
+            move |channel| Client { inner: Arc::new(Inner::new(channel, owner, ttl, call_timeout, auth, host_port)) };
         Ok((endpoint, inner))
     }
 }
@@ -280,6 +285,33 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Ends the lease on `key` whoever holds it, as if it had expired (the
+    /// next waiter is granted, no result is handed over): the operator's way
+    /// to free a stuck key (`turnstile release --force`). Needs the `admin`
+    /// verb when the coordinator demands tokens. With `fencing_token`, only
+    /// the lease with that token is ended. `released: false` when there was
+    /// no such live lease.
+    ///
+    /// Without a fencing token the call is sent once, never retried: a
+    /// retry after a lost answer could end the lease of the next holder.
+    pub async fn force_release(&self, key: &str, fencing_token: Option<u64>) -> Result<ForceReleased, Error> {
+        check_key(key)?;
+        if fencing_token == Some(0) {
+            return Err(invalid("fencing_token", "must not be 0 (tokens start at 1)"));
+        }
+        let msg = v1::ForceReleaseRequest { key: key.to_owned(), fencing_token };
+        let deadline = Instant::now() + self.inner.call_timeout;
+        let retry = if fencing_token.is_some() { Retry::Unavailable } else { Retry::Never };
+        let resp = self
+            .inner
+            .call("ForceRelease", msg, deadline, retry, |mut c, r| async move { c.force_release(r).await })
+            .await?;
+        let previous = resp.previous.ok_or(Error::Protocol { what: "ForceRelease answered without previous" })?;
+        Ok(ForceReleased { released: resp.released, previous: previous.into() })
+    }
+}
+
 /// An [`Error::InvalidArgument`].
 pub(crate) fn invalid(field: &str, reason: &str) -> Error {
     Error::InvalidArgument { field: field.to_owned(), reason: reason.to_owned() }
@@ -329,16 +361,9 @@ fn default_owner() -> String {
     format!("{host}/{}/{:08x}", std::process::id(), random & 0xffff_ffff)
 }
 
-/// An error with its causes, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
+/// What a failed connect means, in words (as [`transport_words`] says it).
+fn chain_words(e: &tonic::transport::Error) -> String {
+    crate::error::error_words(Some(e), "")
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use tonic_types::StatusExt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LostReason {
     /// The coordinator answered that the lease has ended: it expired on the
-    /// coordinator's side, someone released it with its fencing token, or the
+    /// coordinator's side, someone released it with its fencing token, an
+    /// operator force-released it (`turnstile release --force`), or the
     /// coordinator restarted after a crash. Another owner may hold the key now.
     Ended,
     /// The lease's validity (send time of the last successful grant or renew,
@@ -196,6 +197,62 @@ fn transport_message(status: &Status) -> String {
         cause = c.source();
     }
     msg
+}
+
+/// What a transport failure means, in words: `connection refused`, `connection
+/// reset`, `host unreachable`, … from the innermost I/O error (its kind, or
+/// its text without the `(os error N)` tail); else the innermost cause's text.
+pub(crate) fn transport_words(status: &Status) -> String {
+    if timed_out(status) {
+        return "no answer in time".to_owned();
+    }
+    error_words(std::error::Error::source(status), status.message())
+}
+
+/// Whether a transport failure is a timeout (the connect timeout, which
+/// covers the HTTP/2 handshake too: a peer that accepts and never speaks).
+pub(crate) fn timed_out(status: &Status) -> bool {
+    let mut cause = std::error::Error::source(status);
+    while let Some(c) = cause {
+        if c.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// [`transport_words`] of the chain that starts at `first`; `fallback` when
+/// there is none.
+pub(crate) fn error_words(first: Option<&(dyn std::error::Error + 'static)>, fallback: &str) -> String {
+    let mut innermost: Option<&(dyn std::error::Error + 'static)> = None;
+    let mut io: Option<&std::io::Error> = None;
+    let mut cause = first;
+    while let Some(c) = cause {
+        if c.is::<tonic::TimeoutExpired>() {
+            return "no answer in time".to_owned();
+        }
+        if let Some(e) = c.downcast_ref::<std::io::Error>() {
+            io = Some(e);
+        }
+        innermost = Some(c);
+        cause = c.source();
+    }
+    if let Some(e) = io {
+        let kind = e.kind().to_string();
+        if kind != "other error" && kind != "uncategorized error" {
+            return kind;
+        }
+        let text = e.to_string();
+        return match text.find(" (os error") {
+            Some(i) => text[..i].to_owned(),
+            None => text,
+        };
+    }
+    match innermost {
+        Some(c) => c.to_string(),
+        None => fallback.to_owned(),
+    }
 }
 
 /// Splits the server's `invalid FIELD: REASON` message; the whole message is

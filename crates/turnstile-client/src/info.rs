@@ -25,6 +25,12 @@ pub struct LockInfo {
     pub holder: Option<Holder>,
     /// Acquire calls queued on the key.
     pub waiters: u32,
+    /// Set by [`Client::get`](crate::Client::get) while the coordinator
+    /// grants nothing on any key because it is recovering after a crash:
+    /// the time until grants resume. `None` otherwise (and from
+    /// [`Client::list`](crate::Client::list), and from coordinators that
+    /// predate the field).
+    pub grants_resume_in: Option<Duration>,
 }
 
 impl From<v1::LockInfo> for LockInfo {
@@ -34,8 +40,19 @@ impl From<v1::LockInfo> for LockInfo {
             fencing_token: i.fencing_token,
             expires_in: duration(i.expires_in).unwrap_or_default(),
         });
-        LockInfo { key: i.key, holder, waiters: i.waiters }
+        LockInfo { key: i.key, holder, waiters: i.waiters, grants_resume_in: duration(i.grants_resume_in) }
     }
+}
+
+/// The outcome of [`Client::force_release`](crate::Client::force_release).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForceReleased {
+    /// True when the call ended a live lease; false when the key had none
+    /// (or only one with another fencing token, or a hold after a crash).
+    pub released: bool,
+    /// The key's state just before the call: when released, the lease that
+    /// was ended and the waiters queued then.
+    pub previous: LockInfo,
 }
 
 /// A protobuf duration as a `std` one; `None` when unset, negative or out of range.
@@ -55,7 +72,7 @@ mod tests {
     #[test]
     fn a_free_key_has_no_holder() {
         let i = LockInfo::from(v1::LockInfo { key: "k".into(), waiters: 2, ..Default::default() });
-        assert_eq!(i, LockInfo { key: "k".into(), holder: None, waiters: 2 });
+        assert_eq!(i, LockInfo { key: "k".into(), holder: None, waiters: 2, grants_resume_in: None });
     }
 
     #[test]
@@ -67,6 +84,7 @@ mod tests {
             fencing_token: 7,
             expires_in: Some(proto_duration(Duration::from_millis(1500))),
             waiters: 0,
+            grants_resume_in: None,
         });
         let h = i.holder.expect("held");
         assert_eq!((h.owner.as_str(), h.fencing_token, h.expires_in), ("o", 7, Duration::from_millis(1500)));

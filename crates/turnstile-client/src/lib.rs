@@ -64,7 +64,7 @@ mod schedule;
 pub use client::{Client, ClientBuilder};
 pub use error::{Error, LostReason};
 pub use guard::LockGuard;
-pub use info::{Holder, LockInfo};
+pub use info::{ForceReleased, Holder, LockInfo};
 
 /// TLS settings types of the transport, for [`ClientBuilder::tls`].
 #[cfg(feature = "tls")]

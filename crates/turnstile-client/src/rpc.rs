@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use turnstile_proto::v1::{self, lock_service_client::LockServiceClient};
 
-use crate::error::{is_transport, Error};
+use crate::error::{is_transport, timed_out, transport_words, Error};
 use crate::schedule::backoff;
 
 /// What a [`Client`](crate::Client) holds, shared with the renewal tasks of its guards.
@@ -26,6 +26,8 @@ pub(crate) struct Inner {
     /// How long one call may take beyond the time it waits for a lock.
     pub(crate) call_timeout: Duration,
     auth: Option<MetadataValue<Ascii>>,
+    /// The coordinator's `host:port`, for messages.
+    pub(crate) addr: String,
     /// Whether the coordinator has ever answered this client (or `connect`
     /// reached it): past that, an outage is a restart to ride out; before
     /// it, most likely a wrong address.
@@ -54,6 +56,7 @@ impl Inner {
         ttl: Duration,
         call_timeout: Duration,
         auth: Option<MetadataValue<Ascii>>,
+        addr: String,
     ) -> Inner {
         Inner {
             health: tonic_health::pb::health_client::HealthClient::new(channel.clone()),
@@ -63,6 +66,7 @@ impl Inner {
             ttl,
             call_timeout,
             auth,
+            addr,
             reached: AtomicBool::new(false),
         }
     }
@@ -75,9 +79,56 @@ impl Inner {
         let check = health.check(HealthCheckRequest { service: String::new() });
         match tokio::time::timeout(self.call_timeout, check).await {
             Ok(Ok(r)) => Ok(r.into_inner().status() == ServingStatus::Serving),
-            Ok(Err(status)) => Err(crate::Error::from_status(status)),
+            Ok(Err(status)) => Err(self.error(status)),
             Err(_) => Err(crate::Error::Timeout { operation: "Health.Check", after: self.call_timeout }),
         }
+    }
+
+    /// Makes sure the coordinator answers at all before a call that may wait
+    /// long for its answer (a queued Acquire): one that accepts connections
+    /// but never speaks HTTP/2 would otherwise keep the call until the end of
+    /// its wait. One gRPC health check (no token needed), its failures to
+    /// reach the coordinator retried with backoff, all within the call
+    /// timeout; any answer, NOT_SERVING or an error status included, will do.
+    pub(crate) async fn probe(&self, operation: &'static str) -> Result<(), Error> {
+        use tonic_health::pb::HealthCheckRequest;
+        let deadline = Instant::now() + self.call_timeout;
+        let mut attempt = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut health = self.health.clone();
+            let check = health.check(HealthCheckRequest { service: String::new() });
+            match tokio::time::timeout(left, check).await {
+                Err(_) => return Err(Error::Timeout { operation, after: self.call_timeout }),
+                Ok(Ok(_)) => break,
+                Ok(Err(status)) if !is_transport(&status) => break,
+                Ok(Err(status)) => {
+                    let pause = backoff(attempt);
+                    if Instant::now() + pause >= deadline {
+                        return Err(self.error(status));
+                    }
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+            }
+        }
+        self.mark_reached();
+        Ok(())
+    }
+
+    /// The error for `status`: one made by the transport names the
+    /// coordinator's address and says what happened in words.
+    pub(crate) fn error(&self, status: Status) -> Error {
+        if is_transport(&status) {
+            let words = if timed_out(&status) {
+                format!("no answer within {:?}", self.call_timeout)
+            } else {
+                transport_words(&status)
+            };
+            let message = format!("cannot reach turnstiled at {}: {words}", self.addr);
+            return Error::Unavailable { message };
+        }
+        Error::from_status(status)
     }
 
     /// Whether the coordinator has answered this client at least once.
@@ -160,7 +211,7 @@ impl Inner {
             *maybe_done |= may_have_reached_server(&status);
             let pause = backoff(attempt);
             if !retryable || Instant::now() + pause >= deadline {
-                return Err(Error::from_status(status));
+                return Err(self.error(status));
             }
             tokio::time::sleep(pause).await;
             attempt += 1;

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client, eventually, server};
+use common::{client, eventually, server, within};
 use turnstile_testkit::TempDir;
 
 const TTL: Duration = Duration::from_secs(10);
@@ -436,4 +436,189 @@ async fn tls_client_certificates_and_the_bearer_token() {
     let out = output(turnstile(&url, &["--ca", "/nonexistent/ca.pem", "ls"])).await;
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ca.pem"), "{out:?}");
+}
+
+/// A loopback listener that accepts connections and holds them without a
+/// word: a coordinator that is up at the TCP level but never speaks HTTP/2.
+struct Silent {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Silent {
+    fn new() -> Silent {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        // Detached: it ends with the test process; connections are kept open.
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(conn);
+            }
+        });
+        Silent { addr, accepted }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Runs `cmd`, killing it (and failing the test) if it runs past `limit`:
+/// a hang is a failure, not a stuck test run.
+async fn output_within(cmd: Command, limit: Duration) -> Output {
+    let mut child = {
+        let mut cmd = cmd;
+        cmd.spawn().expect("spawn turnstile")
+    };
+    let pid = child.id();
+    let waited = tokio::time::timeout(limit, async {
+        loop {
+            if child.try_wait().expect("try_wait").is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    if waited.is_err() {
+        sigkill(pid);
+        let out = child.wait_with_output().expect("output");
+        panic!("turnstile still running after {limit:?}; stderr: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// A coordinator that accepts connections but never answers: `lock` (with
+/// and without --wait), `get` and `release` give up after --timeout, exit 125
+/// and name the address; they do not hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_that_never_answers_fails_after_the_call_timeout() {
+    let silent = Silent::new();
+    let url = silent.url();
+    let cases: [&[&str]; 4] = [
+        &["--timeout", "300ms", "lock", "k", "--", "true"],
+        &["--timeout", "300ms", "lock", "--wait", "1m", "k", "--", "true"],
+        &["--timeout", "300ms", "get", "k"],
+        &["--timeout", "300ms", "release", "k", "7"],
+    ];
+    for args in cases {
+        // The limit is the test's guard against a hang, far above the timeout.
+        let out = output_within(turnstile(&url, args), Duration::from_secs(30)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {stderr}");
+        assert!(stderr.contains(&silent.addr.to_string()), "{args:?}: the address is named: {stderr}");
+        assert!(stderr.contains("no answer"), "{args:?}: {stderr}");
+    }
+    assert!(silent.accepted() > 0, "the listener was reached");
+}
+
+/// A refused connection is said in words with the address, not as a Debug
+/// dump of the transport's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_coordinator_is_named_in_words() {
+    let refused = turnstile_testkit::RefusedPort::new();
+    let url = refused.url();
+    let addr = url.trim_start_matches("http://").to_owned();
+    for args in [&["--timeout", "300ms", "get", "k"][..], &["--timeout", "300ms", "lock", "k", "--", "true"]] {
+        let out = output_within(turnstile(&url, args), Duration::from_secs(30)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{stderr}");
+        let want = format!("cannot reach turnstiled at {addr}: connection refused");
+        assert!(stderr.contains(&want), "{args:?}: want {want:?} in {stderr:?}");
+        for debris in ["os error", "Status {", "ConnectError", "tcp connect error", "transport error"] {
+            assert!(!stderr.contains(debris), "{args:?}: no {debris:?} in {stderr:?}");
+        }
+    }
+}
+
+/// An empty key is a usage error (exit 2, saying so) found before any
+/// connection is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_key_is_a_usage_error_before_any_connection() {
+    let silent = Silent::new();
+    let url = silent.url();
+    let cases: [&[&str]; 5] = [
+        &["lock", "", "--", "true"],
+        &["get", ""],
+        &["release", "", "7"],
+        &["release", "--force", ""],
+        &["lock", "--wait", "0", "", "--", "true"],
+    ];
+    for args in cases {
+        let out = output_within(turnstile(&url, args), Duration::from_secs(30)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("key") && stderr.contains("empty"), "{args:?}: {stderr}");
+    }
+    assert_eq!(silent.accepted(), 0, "no connection was made");
+}
+
+/// `get` while the coordinator holds back every grant after a crash says
+/// so, with the seconds left, besides the key's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_during_crash_recovery_says_the_coordinator_is_recovering() {
+    let dir = TempDir::new("cli-recovering");
+    let path = dir.path().to_str().expect("utf-8").to_owned();
+    let node = turnstile_testkit::Turnstiled::start(["--data-dir", &path]);
+    let c =
+        turnstile_client::Client::builder(node.url()).ttl(Duration::from_secs(30)).connect().await.expect("connect");
+    std::mem::forget(c.lock("rec:held").await.expect("lock")); // held when the coordinator crashes
+    node.kill();
+    let node = turnstile_testkit::Turnstiled::start(["--data-dir", &path]);
+    let out = output(turnstile(&node.url(), &["get", "rec:free"])).await;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.lines().nth(1).is_some_and(|l| l.starts_with("rec:free")), "the table as usual: {stdout}");
+    assert!(stderr.contains("recovering") && stderr.contains("seconds"), "{stderr}");
+    let out = output(turnstile(&node.url(), &["get", "rec:free", "--json"])).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(v["grants_resume_in_ms"].as_u64().is_some_and(|ms| ms > 0 && ms <= 80_000), "{v}");
+
+    // Once grants resume, nothing is said.
+    let healthy = server();
+    let out = output(turnstile(&healthy.url(), &["get", "rec:free"])).await;
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = output(turnstile(&healthy.url(), &["get", "rec:free", "--json"])).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(v["grants_resume_in_ms"].is_null(), "{v}");
+}
+
+/// `release --force KEY` (admin): ends whatever lease holds KEY, as an
+/// expiry would, and says whose it was; `release --force KEY TOKEN` only that
+/// lease; a free key exits 1. `release KEY TOKEN` is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_force_frees_a_stuck_key() {
+    let node = server();
+    let url = node.url();
+    let c = client(&node, TTL).await;
+    let stuck = c.lock("force:1").await.expect("lock");
+    let token = stuck.fencing_token();
+    let other = (token + 100).to_string();
+    let out = output(turnstile(&url, &["release", "--force", "force:1", &other])).await;
+    assert_eq!(out.status.code(), Some(1), "another token: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(c.get("force:1").await.expect("get").holder.is_some_and(|h| h.fencing_token == token));
+
+    let out = output(turnstile(&url, &["release", "--force", "force:1"])).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("force:1") && stdout.contains(stuck.owner()) && stdout.contains(&token.to_string()),
+        "{stdout}"
+    );
+    assert!(c.get("force:1").await.expect("get").holder.is_none());
+    within(Duration::from_secs(10), "the guard learns it lost the lease", stuck.lost()).await;
+
+    let out = output(turnstile(&url, &["release", "--force", "force:1"])).await;
+    assert_eq!(out.status.code(), Some(1), "nothing held: {}", String::from_utf8_lossy(&out.stdout));
+    // Without --force a token is still required.
+    let out = output(turnstile(&url, &["release", "force:1"])).await;
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -202,6 +202,34 @@ impl<W> LockTable<W> {
         true
     }
 
+    /// Ends the live lease on `key` whoever holds it (an operator's force
+    /// release), or only the one with fencing token `token` when given.
+    /// Exactly as if it had expired: the next waiter in FIFO order is
+    /// granted, and no waiter is handed a result. A recovery hold (token 0)
+    /// is never ended. Returns whether a lease was ended, and the key's
+    /// state just before (the lease ended, when one was).
+    pub fn force_release(&mut self, key: &str, token: Option<u64>, now: Time) -> (bool, LockInfo) {
+        self.store.maybe_sweep();
+        let Some(h) = self.store.find(key) else {
+            return (false, LockInfo { key: Arc::from(key), holder: None, waiters: 0 });
+        };
+        self.settle(h, now);
+        let previous = self.info(h, key, now);
+        let ends = previous.holder.as_ref().is_some_and(|x| x.token != 0 && token.is_none_or(|t| t == x.token));
+        if !ends {
+            return (false, previous);
+        }
+        if let Some(e) = self.store.get_mut(h) {
+            if e.holder.take().is_some() {
+                self.counters.remove_lease();
+            }
+        }
+        // No Effect::Expired: the host counts a force release itself.
+        self.grant_next(h, now);
+        self.serve_pending(now);
+        (true, previous)
+    }
+
     /// Removes a queued waiter (its call was cancelled or its client went
     /// away). Returns false when it is no longer queued: it was answered
     /// already, and the host must look at that answer (G6).
@@ -675,6 +703,41 @@ mod tests {
                 prop_assert_eq!(host_wake, scanned, "host wake vs the wheel's earliest timer at {:?}", now);
             }
         }
+    }
+
+    /// A force release ends the lease as an expiry would: the next waiter
+    /// (a sharing one too) is granted the lock with a greater token, no one is
+    /// handed a result, the old holder's renew is NotFound and its release a
+    /// no-op; a wrong token, a free key and a recovery hold are left alone.
+    #[test]
+    fn a_force_release_is_an_expiry_not_a_release_with_result() {
+        let now = Time::from_millis(1);
+        let mut t: LockTable<u64> = LockTable::new(TableConfig::default(), Arc::new(Counters::new(1)), now);
+        let ttl = Duration::from_secs(30);
+        let args = |owner, share_result| AcquireArgs { key: "k", owner, ttl, share_result };
+        let Ok(Acquired::Granted(held)) = t.acquire(&args("a", false), None, now) else { panic!("granted") };
+        let until = now + Duration::from_secs(10);
+        assert!(matches!(t.acquire(&args("b", true), Some(Wait { until, payload: 2 }), now), Ok(Acquired::Queued(_))));
+        assert!(matches!(t.acquire(&args("c", false), Some(Wait { until, payload: 3 }), now), Ok(Acquired::Queued(_))));
+        assert!(!t.force_release("k", Some(held.token + 1), now).0, "another token: left alone");
+        assert!(t.drain().effects.is_empty());
+        let (released, previous) = t.force_release("k", None, now);
+        assert!(released);
+        let before = previous.holder.expect("the ended lease");
+        assert_eq!((&*before.owner, before.token, previous.waiters), ("a", held.token, 2));
+        let effects = t.drain().effects;
+        assert_eq!(effects.len(), 1, "{effects:?}");
+        match &effects[0] {
+            crate::Effect::Granted { waiter: 2, lease } => assert!(lease.token > held.token),
+            other => panic!("the sharing waiter is granted the lock: {other:?}"),
+        }
+        assert!(matches!(t.renew("k", held.token, None, now), Err(crate::CoreError::LeaseNotFound { .. })));
+        assert!(!t.release("k", held.token, None, now));
+        assert_eq!(t.get("k", now).holder.map(|h| h.owner), Some(Arc::from("b")));
+        assert!(!t.force_release("free", None, now).0);
+        assert!(t.hold_key_until("held-back", now + ttl, now));
+        let (released, previous) = t.force_release("held-back", None, now);
+        assert!(!released && previous.holder.is_some_and(|h| h.token == 0), "a recovery hold stays");
     }
 
     #[test]

@@ -80,6 +80,12 @@ impl LockService for Null {
     async fn list_locks(&self, _: Request<v1::ListLocksRequest>) -> Result<Response<v1::ListLocksResponse>, Status> {
         Ok(Response::new(v1::ListLocksResponse::default()))
     }
+    async fn force_release(
+        &self,
+        _: Request<v1::ForceReleaseRequest>,
+    ) -> Result<Response<v1::ForceReleaseResponse>, Status> {
+        Ok(Response::new(v1::ForceReleaseResponse::default()))
+    }
 }
 
 /// Child-process mode: serve the do-nothing service, print the port, run until killed.

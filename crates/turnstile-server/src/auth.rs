@@ -11,8 +11,9 @@
 //!
 //! A token may touch keys that start with one of its `prefixes` (`""` is
 //! every key) with its `verbs`: `lock` (Acquire, Renew, Release), `inspect`
-//! (GetLock, ListLocks) and `admin` (everything, and the operator calls to
-//! come). A LockService call without a known token is `UNAUTHENTICATED`; a
+//! (GetLock, ListLocks) and `admin` (everything, and the operator call
+//! ForceRelease, which only `admin` may make). Without a token file (open
+//! access, e.g. a loopback sidecar) every call is allowed, ForceRelease too. A LockService call without a known token is `UNAUTHENTICATED`; a
 //! verb or key the token lacks is `PERMISSION_DENIED`, checked before the
 //! backend is asked, so nothing changes. ListLocks lists only keys under the
 //! token's prefixes. Health and reflection are not LockService and need no
@@ -45,7 +46,7 @@ pub enum Verb {
     Lock,
     /// GetLock, ListLocks.
     Inspect,
-    /// Everything, including operator calls.
+    /// Everything, including the operator call ForceRelease (admin only).
     Admin,
 }
 

@@ -35,6 +35,7 @@ pub fn lock_info(i: &LockInfo) -> v1::LockInfo {
             fencing_token: h.token,
             expires_in: Some(duration(h.expires_in)),
             waiters: i.waiters,
+            grants_resume_in: None,
         },
         None => v1::LockInfo { key: i.key.to_string(), waiters: i.waiters, ..Default::default() },
     }

@@ -158,6 +158,36 @@ impl<B: Backend> LockServiceImpl<B> {
         Ok(v1::ReleaseResponse { released })
     }
 
+    /// The admin's force release: checked (admin verb on the key), validated,
+    /// carried out, logged at warn with who asked, and counted.
+    async fn force_release_inner(
+        &self,
+        request: Request<v1::ForceReleaseRequest>,
+    ) -> Result<v1::ForceReleaseResponse, Status> {
+        // Before anything else, so that a refusal changes nothing; counted by `observe`.
+        let caller = self.access.caller(request.metadata())?;
+        if let Some(g) = &caller {
+            g.check(Verb::Admin, &request.get_ref().key)?;
+        }
+        let peer = request.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let (key, token) = validate::force_release(request.get_ref())?;
+        let out = self.backend.force_release(key.clone(), token).await?;
+        let previous = lock_info(&out.previous);
+        if out.released {
+            self.metrics.force_releases.inc();
+            tracing::warn!(
+                key = %key,
+                owner = %previous.owner,
+                token = previous.fencing_token,
+                waiters = previous.waiters,
+                caller = caller.as_ref().map_or("(no token: open access)", |g| g.name.as_str()),
+                peer = %peer,
+                "force release: the lease was ended by an operator, as if it had expired"
+            );
+        }
+        Ok(v1::ForceReleaseResponse { released: out.released, previous: Some(previous) })
+    }
+
     async fn list_inner(&self, req: Request<v1::ListLocksRequest>) -> Result<v1::ListLocksResponse, Status> {
         let scopes = self.access.list_scopes(req.metadata(), &req.get_ref().prefix)?;
         let (prefix, after, size) = validate::list(req.get_ref())?;
@@ -212,10 +242,23 @@ impl<B: Backend> LockService for LockServiceImpl<B> {
         self.authorize(started, "GetLock", &request, Verb::Inspect, &request.get_ref().key)?;
         let req = request.into_inner();
         let res = match validate::key("key", &req.key) {
-            Ok(()) => self.backend.get(req.key).await.map(|i| lock_info(&i)).map_err(Status::from),
+            Ok(()) => self.backend.get(req.key).await.map(|i| lock_info(&i)).map_err(Status::from).map(|mut info| {
+                // A free key is not grantable while recovering: say so, and for how long.
+                info.grants_resume_in = self.backend.recovery_left().map(crate::convert::duration);
+                info
+            }),
             Err(e) => Err(e.into()),
         };
         self.observe("GetLock", started, res)
+    }
+
+    async fn force_release(
+        &self,
+        request: Request<v1::ForceReleaseRequest>,
+    ) -> Result<Response<v1::ForceReleaseResponse>, Status> {
+        let started = Instant::now();
+        let res = self.force_release_inner(request).await;
+        self.observe("ForceRelease", started, res)
     }
 
     async fn list_locks(

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub released: Counter,
     /// Releases of a lease that had ended already (`released: false`).
     pub release_already_ended: Counter,
+    /// Leases ended by an operator's ForceRelease (`turnstile_force_releases_total`).
+    pub force_releases: Counter,
     /// Calls answered, by RPC and gRPC status code.
     calls: Labelled,
     /// Call latency, by RPC.
@@ -121,6 +123,12 @@ impl Metrics {
         let release_already_ended = releases.get_or_create(&vec![("outcome", "already_ended")]).clone();
         let leases_expired = Counter::default();
         registry.register("leases_expired", "Leases that ran out without renewal", leases_expired.clone());
+        let force_releases = Counter::default();
+        registry.register(
+            "force_releases",
+            "Leases ended by an operator's ForceRelease (admin), as if they had expired",
+            force_releases.clone(),
+        );
         let calls = Labelled::default();
         registry.register("calls", "Calls answered, by RPC and gRPC status code", calls.clone());
         let latency = Latencies::new_with_constructor(seconds_buckets as fn() -> Histogram);
@@ -174,6 +182,7 @@ impl Metrics {
             renew_not_found,
             released,
             release_already_ended,
+            force_releases,
             calls,
             latency,
             wait_seconds,

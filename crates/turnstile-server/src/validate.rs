@@ -139,6 +139,14 @@ pub fn release(req: &v1::ReleaseRequest) -> Result<(String, u64), InvalidArgumen
     Ok((req.key.clone(), token(req.fencing_token)?))
 }
 
+/// A ForceRelease request: its key, and the fencing token when one is given
+/// (given as 0 is refused: tokens start at 1).
+pub fn force_release(req: &v1::ForceReleaseRequest) -> Result<(String, Option<u64>), InvalidArgument> {
+    key("key", &req.key)?;
+    let token = req.fencing_token.map(token).transpose()?;
+    Ok((req.key.clone(), token))
+}
+
 /// A ListLocks request: `(prefix, after, page size)`.
 pub fn list(req: &v1::ListLocksRequest) -> Result<(String, Option<String>, usize), InvalidArgument> {
     if req.prefix.len() > MAX_KEY_BYTES {

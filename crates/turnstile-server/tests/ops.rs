@@ -123,6 +123,36 @@ async fn metrics_pass_promtool_and_say_their_format() {
     assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{body}");
 }
 
+/// A force release is counted in `turnstile_force_releases_total` (one that
+/// finds nothing to end is not) and logged at warn with the key, the owner
+/// and the token of the lease it ended, and who asked.
+#[tokio::test]
+async fn a_force_release_is_counted_and_logged_at_warn() {
+    let node = Turnstiled::start(["--data-dir", "", "--log-format", "json"]);
+    let mut c = LockServiceClient::connect(node.url()).await.unwrap();
+    let held = c.acquire(acquire("fr:1", "wedged-owner", 0)).await.unwrap().into_inner();
+    let token = held.lease.expect("lease").fencing_token;
+    let force = |key: &str| v1::ForceReleaseRequest { key: key.into(), fencing_token: None };
+    assert!(c.force_release(force("fr:1")).await.unwrap().into_inner().released);
+    assert!(!c.force_release(force("fr:free")).await.unwrap().into_inner().released);
+    let body = http_get(node.http, "/metrics").1;
+    assert!(body.contains("turnstile_force_releases_total 1"), "{body}");
+    assert!(body.contains("turnstile_calls_total{rpc=\"ForceRelease\",code=\"Ok\"} 2"), "{body}");
+    drop(c);
+    // Off the runtime: the client's connection must be able to close meanwhile.
+    let (_, log) = tokio::task::spawn_blocking(move || node.terminate()).await.expect("join");
+    let line = log.lines().find(|l| l.contains("force release")).unwrap_or_else(|| panic!("{log}"));
+    let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(v["level"], "WARN", "{line}");
+    let f = &v;
+    assert_eq!(
+        (f["key"].as_str(), f["owner"].as_str(), f["token"].as_u64()),
+        (Some("fr:1"), Some("wedged-owner"), Some(token)),
+        "{line}"
+    );
+    assert!(f["caller"].is_string() && f["peer"].is_string(), "who asked: {line}");
+}
+
 #[tokio::test]
 async fn metrics_count_grants_and_refusals() {
     let node = Turnstiled::start(["--data-dir", ""]);

@@ -23,7 +23,7 @@ use turnstile_core::{
 };
 
 use super::durable::{DurableState, Tuning};
-use super::{AcquireOutcome, AcquireRequest, Backend, Grant, TtlBounds};
+use super::{AcquireOutcome, AcquireRequest, Backend, ForceReleased, Grant, TtlBounds};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::BackendError;
@@ -527,6 +527,17 @@ impl Backend for MemoryBackend {
             inner.metrics.hold_seconds.observe(held.as_secs_f64());
         }
         Ok(released)
+    }
+
+    async fn force_release(&self, key: String, token: Option<u64>) -> Result<ForceReleased, BackendError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let idx = inner.shard_of(&key);
+        // Nothing to persist: the ended lease's coverage on disk (horizon or
+        // long-lease log) only ever holds the key back longer after a crash,
+        // and the next waiter's grant is made durable before it is answered.
+        let (released, previous) = inner.with_table(idx, |t, now| t.force_release(&key, token, now));
+        Ok(ForceReleased { released, previous })
     }
 
     async fn get(&self, key: String) -> Result<LockInfo, BackendError> {

@@ -64,6 +64,15 @@ pub enum AcquireOutcome {
     },
 }
 
+/// How a force release ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForceReleased {
+    /// Whether a live lease was ended by this call.
+    pub released: bool,
+    /// The key's state just before: the lease ended, when one was.
+    pub previous: LockInfo,
+}
+
 /// TTL bounds a backend can honour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TtlBounds {
@@ -99,6 +108,17 @@ pub trait Backend: Send + Sync + 'static {
         token: u64,
         result: Option<Vec<u8>>,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send;
+
+    /// Ends the live lease on `key` whoever holds it (only the one with
+    /// fencing token `token`, when given), exactly as if it had expired: the
+    /// next waiter is granted, no waiter is handed a result, the old
+    /// holder's renew is `LeaseNotFound`. A crash hold is never ended. A key
+    /// without such a lease is `released: false`, not an error.
+    fn force_release(
+        &self,
+        key: String,
+        token: Option<u64>,
+    ) -> impl Future<Output = Result<ForceReleased, BackendError>> + Send;
 
     /// The state of one key.
     fn get(&self, key: String) -> impl Future<Output = Result<LockInfo, BackendError>> + Send;

@@ -44,6 +44,8 @@ macro_rules! conformance {
             contended_try_lock_reports_the_holder,
             get_and_list_show_held_and_awaited_keys_by_prefix_in_pages,
             graceful_restart_keeps_leases,
+            force_release_ends_a_lease_as_its_expiry_would,
+            force_release_is_kept_across_a_graceful_restart,
         ]);
     };
     ($backend:ident, $fixture:expr, [$($test:ident),* $(,)?]) => {
@@ -67,6 +69,10 @@ conformance!(memory, fixture::Memory::in_process());
 conformance!(
     memory_process,
     fixture::Memory::process(),
-    [g2_tokens_increase_over_grants_and_graceful_and_crash_restarts, graceful_restart_keeps_leases]
+    [
+        g2_tokens_increase_over_grants_and_graceful_and_crash_restarts,
+        graceful_restart_keeps_leases,
+        force_release_is_kept_across_a_graceful_restart
+    ]
 );
 conformance!(etcd, fixture::Etcd::new());

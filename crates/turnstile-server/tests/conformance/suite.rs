@@ -459,3 +459,106 @@ pub(crate) async fn graceful_restart_keeps_leases(fx: &dyn Fixture) {
     let r = c.acquire(acquire("rolling", "other", LONG, Duration::ZERO)).await.expect("no UNAVAILABLE").into_inner();
     assert!(!r.acquired);
 }
+
+/// A ForceRelease request.
+fn force(key: &str, fencing_token: Option<u64>) -> v1::ForceReleaseRequest {
+    v1::ForceReleaseRequest { key: key.into(), fencing_token }
+}
+
+/// ForceRelease (admin) ends a lease exactly as its expiry would: the next
+/// waiter in FIFO order, a sharing one too, is granted the lock (not handed
+/// a result) with a greater token; the old holder's renew is NOT_FOUND and
+/// its release a no-op. Another token, a free key: released=false, no error.
+/// Bad input: INVALID_ARGUMENT naming the field, and nothing changes.
+pub(crate) async fn force_release_ends_a_lease_as_its_expiry_would(fx: &dyn Fixture) {
+    use tonic_types::StatusExt;
+    let node = fx.start(&[]);
+    let mut c = client(&node).await;
+    let stuck = must_acquire(&mut c, acquire("stuck", "wedged", LONG, Duration::ZERO)).await;
+    let mut wc = c.clone();
+    let req = v1::AcquireRequest { share_result: true, ..acquire("stuck", "sharer", LONG, WAIT) };
+    let sharer = tokio::spawn(async move { wc.acquire(req).await.expect("sharer's acquire").into_inner() });
+    await_waiters(&c, "stuck", 1).await;
+    let mut wc = c.clone();
+    let plain = tokio::spawn(async move { wc.acquire(acquire("stuck", "plain", LONG, WAIT)).await });
+    await_waiters(&c, "stuck", 2).await;
+
+    for (field, req) in
+        [("key", force("", None)), ("key", force("a\nb", None)), ("fencing_token", force("stuck", Some(0)))]
+    {
+        let err = c.force_release(req.clone()).await.expect_err(&format!("{req:?} must be refused"));
+        assert_eq!(err.code(), Code::InvalidArgument, "{req:?}: {err:?}");
+        let bad = err.get_details_bad_request().expect("BadRequest");
+        assert_eq!(bad.field_violations[0].field, field, "{req:?}: {err:?}");
+    }
+    let r = c.force_release(force("stuck", Some(stuck.fencing_token + 1000))).await.expect("force").into_inner();
+    assert!(!r.released, "another token's lease is left alone: {r:?}");
+    let info = get(&mut c, "stuck").await;
+    assert!(info.held && info.fencing_token == stuck.fencing_token && info.waiters == 2, "nothing changed: {info:?}");
+
+    let r = c.force_release(force("stuck", None)).await.expect("force").into_inner();
+    assert!(r.released, "{r:?}");
+    let previous = r.previous.expect("previous");
+    assert_eq!((previous.owner.as_str(), previous.fencing_token, previous.held), ("wedged", stuck.fencing_token, true));
+    assert_eq!(previous.waiters, 2, "{previous:?}");
+
+    let r = tokio::time::timeout(WAIT, sharer).await.expect("granted in time").expect("sharer task");
+    assert!(r.acquired && r.shared_result.is_none(), "the next waiter gets the lock, not a result: {r:?}");
+    let next = r.lease.expect("lease");
+    assert_eq!(next.owner, "sharer");
+    assert!(next.fencing_token > stuck.fencing_token, "{} after {}", next.fencing_token, stuck.fencing_token);
+
+    let err = c
+        .renew(v1::RenewRequest { key: "stuck".into(), fencing_token: stuck.fencing_token, ttl: None })
+        .await
+        .expect_err("the old holder's lease has ended");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let r = c
+        .release(v1::ReleaseRequest { key: "stuck".into(), fencing_token: stuck.fencing_token, result: None })
+        .await
+        .expect("release")
+        .into_inner();
+    assert!(!r.released, "the old holder's release ends nothing");
+    let info = get(&mut c, "stuck").await;
+    assert!(info.held && info.fencing_token == next.fencing_token && info.waiters == 1, "{info:?}");
+
+    // The rest of the queue goes on in FIFO order.
+    must_release(&mut c, &next).await;
+    let r = tokio::time::timeout(WAIT, plain)
+        .await
+        .expect("granted in time")
+        .expect("plain task")
+        .expect("plain acquire")
+        .into_inner();
+    assert!(r.acquired && r.lease.as_ref().is_some_and(|l| l.owner == "plain"), "{r:?}");
+
+    let r = c.force_release(force("never-held", None)).await.expect("a free key is not an error").into_inner();
+    assert!(!r.released && r.previous.is_some_and(|p| !p.held), "released=false on a free key");
+}
+
+/// A force-released lease stays ended across a graceful restart, and the
+/// lease granted after it carries on.
+pub(crate) async fn force_release_is_kept_across_a_graceful_restart(fx: &dyn Fixture) {
+    let node = fx.start(&[]);
+    let mut c = client(&node).await;
+    let stuck = must_acquire(&mut c, acquire("forced", "wedged", LONG, Duration::ZERO)).await;
+    let r = c.force_release(force("forced", Some(stuck.fencing_token))).await.expect("force").into_inner();
+    assert!(r.released);
+    let next = must_acquire(&mut c, acquire("forced", "next", LONG, Duration::ZERO)).await;
+    assert!(next.fencing_token > stuck.fencing_token);
+    let _ = must_acquire(&mut c, acquire("forced-only", "wedged", LONG, Duration::ZERO)).await;
+    assert!(c.force_release(force("forced-only", None)).await.expect("force").into_inner().released);
+    let (status, log) = node.terminate();
+    assert!(status.success(), "exit 0 on SIGTERM: {status} {log}");
+    let node = fx.start(&[]);
+    let mut c = client(&node).await;
+    let info = get(&mut c, "forced").await;
+    assert!(info.held && info.owner == "next" && info.fencing_token == next.fencing_token, "{info:?}");
+    let info = get(&mut c, "forced-only").await;
+    assert!(!info.held, "the force-released lease is not restored: {info:?}");
+    let err = c
+        .renew(v1::RenewRequest { key: "forced".into(), fencing_token: stuck.fencing_token, ttl: None })
+        .await
+        .expect_err("ended");
+    assert_eq!(err.code(), Code::NotFound);
+}

@@ -169,3 +169,40 @@ async fn the_client_crate_sends_its_bearer_token() {
     let err = client(None).list("").await.expect_err("no token");
     assert!(matches!(err, turnstile_client::Error::Unauthenticated { .. }), "{err:?}");
 }
+
+/// ForceRelease needs the admin verb: lock and inspect, even on the token's
+/// own prefix, are PERMISSION_DENIED (no token: UNAUTHENTICATED), and the
+/// lease and its waiter stay as they were; the admin token frees the key.
+#[tokio::test]
+async fn force_release_needs_the_admin_verb_and_a_refusal_changes_nothing() {
+    let (node, _dir) = server();
+    let mut c = LockServiceClient::new(channel(&node.url()).await);
+    let held = c.acquire(call(acquire("payments/9", "pay"), Some(PAYMENTS))).await.expect("lock").into_inner();
+    let token = held.lease.expect("lease").fencing_token;
+    let mut wc = c.clone();
+    let waiter = tokio::spawn(async move {
+        let req = v1::AcquireRequest {
+            wait_timeout: Some(prost_types::Duration { seconds: 20, nanos: 0 }),
+            ..acquire("payments/9", "next")
+        };
+        wc.acquire(call(req, Some(PAYMENTS))).await
+    });
+    while holder(&mut c, "payments/9").await.waiters < 1 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let force = || v1::ForceReleaseRequest { key: "payments/9".into(), fencing_token: None };
+    for t in [PAYMENTS, INSPECTOR] {
+        let e = c.force_release(call(force(), Some(t))).await.expect_err("refused");
+        assert_eq!(e.code(), Code::PermissionDenied, "{t}: {e:?}");
+        assert!(e.message().contains("admin"), "the refusal names the verb: {}", e.message());
+    }
+    let e = c.force_release(call(force(), None)).await.expect_err("refused");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let info = holder(&mut c, "payments/9").await;
+    assert!(info.held && info.fencing_token == token && info.waiters == 1, "nothing changed: {info:?}");
+
+    let r = c.force_release(call(force(), Some(ADMIN))).await.expect("admin may").into_inner();
+    assert!(r.released && r.previous.is_some_and(|p| p.fencing_token == token));
+    let granted = waiter.await.expect("waiter task").expect("waiter's acquire").into_inner();
+    assert!(granted.acquired && granted.lease.is_some_and(|l| l.fencing_token > token));
+}

@@ -33,7 +33,8 @@ pub(crate) mod exit {
 const AFTER_HELP: &str = "\
 Exit codes:
   0-255  lock: the command's own exit status (128+N when it died of signal N)
-  1      release: the lease had already ended
+  1      release: the lease had already ended (with --force: the key had no
+         live lease, or only one with another token)
   2      usage error
   75     lock: not obtained within --wait (see --conflict-exit-code)
   76     lock: the lease was lost while the command ran (it was stopped),
@@ -112,9 +113,12 @@ pub(crate) enum Command {
     /// group is killed too. turnstile exits with the command's status, or 76
     /// if the lease was lost before the command ended.
     Lock(LockArgs),
-    /// Show who holds KEY, for how long, and how many wait.
+    /// Show who holds KEY, for how long, and how many wait. While the
+    /// coordinator recovers after a crash (no lease is granted on any key) a
+    /// note on stderr says so, with the seconds left.
     Get {
         /// The key.
+        #[arg(value_parser = parse_key)]
         key: String,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -129,12 +133,28 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// End the lease on KEY with fencing token TOKEN, whoever holds it.
+    /// End the lease on KEY with fencing token TOKEN, whoever holds it; with
+    /// --force, end whatever lease holds KEY (an operator's tool for a stuck
+    /// key).
+    ///
+    /// Without --force this is a Release with the lease's token (the `lock`
+    /// verb): what the holder itself would send; shared-result waiters get no
+    /// result. With --force it is a ForceRelease (the `admin` verb when the
+    /// coordinator demands tokens): the lease ends exactly as if it had
+    /// expired, the next waiter is granted, and the old holder learns at its
+    /// next renew that its lease is gone. With --force and TOKEN, only the
+    /// lease with that token is ended (so a lease granted since you looked
+    /// is left alone).
     Release {
+        /// End whatever lease holds KEY (admin), as if it had expired.
+        #[arg(long)]
+        force: bool,
         /// The key.
+        #[arg(value_parser = parse_key)]
         key: String,
-        /// The fencing token of the lease to end.
-        token: u64,
+        /// The fencing token of the lease to end (optional with --force).
+        #[arg(required_unless_present = "force")]
+        token: Option<u64>,
     },
     /// Check that the coordinator is up and SERVING (gRPC health), like
     /// `etcdctl endpoint health`: prints its state and exits 0 when SERVING,
@@ -150,6 +170,7 @@ pub(crate) enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct LockArgs {
     /// The key to lock, e.g. `payment:42`.
+    #[arg(value_parser = parse_key)]
     pub(crate) key: String,
 
     /// Lease TTL; the lease is renewed about every third of it while the command runs.
@@ -177,6 +198,15 @@ pub(crate) struct LockArgs {
     /// The command and its arguments, after `--`.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     pub(crate) command: Vec<OsString>,
+}
+
+/// A key as given: an empty one is a usage error, found before any call.
+/// (Every other rule of keys is the coordinator's, and said by it.)
+pub(crate) fn parse_key(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("the key must not be empty".to_owned());
+    }
+    Ok(s.to_owned())
 }
 
 /// Parses `500ms`, `30s`, `1m`, `1h30m`, or `0`.
@@ -221,7 +251,7 @@ mod tests {
     fn the_bearer_token_and_the_fencing_token_are_distinct() {
         let cli = parse(&["--token", "secret", "release", "k", "7"]).expect("parses");
         assert_eq!(cli.bearer_token.as_deref(), Some("secret"));
-        assert!(matches!(cli.command, Command::Release { token: 7, .. }));
+        assert!(matches!(cli.command, Command::Release { token: Some(7), force: false, .. }));
     }
 
     #[test]

@@ -214,6 +214,7 @@ mod tests {
             key: "k".into(),
             holder: Some(Holder { owner: "h/1/ab/1".into(), fencing_token: 9, expires_in: Duration::from_secs(12) }),
             waiters: 1,
+            grants_resume_in: None,
         };
         assert_eq!(
             describe(&info, Duration::from_secs(3)),

@@ -61,13 +61,27 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILED);
         }
     };
+    let addr = host_port(&cli.addr);
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
+        Err(CliError::Client(turnstile_client::Error::Timeout { operation, after })) => {
+            eprintln!(
+                "turnstile: no answer from turnstiled at {addr} within {} ({operation}; see --timeout)",
+                humantime::format_duration(after)
+            );
+            ExitCode::from(exit::FAILED)
+        }
         Err(e) => {
             eprintln!("turnstile: {e}");
             ExitCode::from(exit::FAILED)
         }
     }
+}
+
+/// `host:port` of an `--addr` (as the client library names it in errors).
+fn host_port(addr: &str) -> String {
+    let rest = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    rest.trim_end_matches('/').to_owned()
 }
 
 async fn run(cli: Cli) -> Result<u8, CliError> {
@@ -93,6 +107,13 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         }
         Command::Get { key, json } => {
             let info = client.get(&key).await?;
+            if let Some(left) = info.grants_resume_in {
+                // On stderr: the table (or JSON) on stdout stays as scripts read it.
+                eprintln!(
+                    "turnstile: note: the coordinator is recovering after a crash: it grants no lease on any key for {} more seconds",
+                    left.as_secs() + u64::from(left.subsec_nanos() > 0)
+                );
+            }
             if json {
                 output::json_one(&mut out, &info).map_err(io)?;
             } else {
@@ -111,7 +132,41 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             out.flush().map_err(io)?;
             Ok(0)
         }
-        Command::Release { key, token } => {
+        Command::Release { key, token, force: true } => {
+            let out_of = |token: Option<u64>| token.map(|t| format!(" with fencing token {t}")).unwrap_or_default();
+            let r = client.force_release(&key, token).await?;
+            match (&r.previous.holder, r.released) {
+                (Some(h), true) => {
+                    writeln!(
+                        out,
+                        "force-released {key}: the lease of {} (fencing token {}) has ended as if it had expired",
+                        h.owner, h.fencing_token
+                    )
+                    .map_err(io)?;
+                    Ok(0)
+                }
+                (Some(h), false) if h.fencing_token == 0 => {
+                    eprintln!("turnstile: {key} is held back after a crash and cannot be force-released (see --override-recovery of turnstiled)");
+                    Ok(exit::NOT_RELEASED)
+                }
+                (Some(h), false) => {
+                    eprintln!(
+                        "turnstile: {key} has no live lease{}; it is held by {} (fencing token {})",
+                        out_of(token),
+                        h.owner,
+                        h.fencing_token
+                    );
+                    Ok(exit::NOT_RELEASED)
+                }
+                (None, _) => {
+                    eprintln!("turnstile: {key} has no live lease{}: nothing to release", out_of(token));
+                    Ok(exit::NOT_RELEASED)
+                }
+            }
+        }
+        Command::Release { key, token, force: false } => {
+            // clap demands the token without --force.
+            let token = token.unwrap_or_default();
             if client.release(&key, token).await? {
                 writeln!(out, "released {key} (fencing token {token})").map_err(io)?;
                 Ok(0)

@@ -15,6 +15,9 @@ struct JsonRow<'a> {
     fencing_token: Option<u64>,
     expires_in_ms: Option<u64>,
     waiters: u32,
+    /// Only while the coordinator recovers after a crash (`get`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grants_resume_in_ms: Option<u64>,
 }
 
 impl<'a> From<&'a LockInfo> for JsonRow<'a> {
@@ -26,6 +29,7 @@ impl<'a> From<&'a LockInfo> for JsonRow<'a> {
             fencing_token: i.holder.as_ref().map(|h| h.fencing_token),
             expires_in_ms: i.holder.as_ref().map(|h| u64::try_from(h.expires_in.as_millis()).unwrap_or(u64::MAX)),
             waiters: i.waiters,
+            grants_resume_in_ms: i.grants_resume_in.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 }
@@ -106,8 +110,9 @@ mod tests {
                     expires_in: Duration::from_millis(12_340),
                 }),
                 waiters: 2,
+                grants_resume_in: None,
             },
-            LockInfo { key: "p:1".into(), holder: None, waiters: 1 },
+            LockInfo { key: "p:1".into(), holder: None, waiters: 1, grants_resume_in: None },
         ]
     }
 

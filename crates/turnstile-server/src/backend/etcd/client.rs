@@ -35,7 +35,7 @@ pub(super) use super::proto::mvccpb::KeyValue;
 #[derive(Debug, Clone, thiserror::Error)]
 pub(super) enum CallError {
     /// etcd, or the connection to it, answered with this status.
-    #[error("{:?}: {}", .0.code(), .0.message())]
+    #[error("{}", status_words(.0))]
     Status(#[from] tonic::Status),
     /// No answer within the call timeout.
     #[error("no answer in time")]
@@ -49,6 +49,32 @@ pub(super) enum CallError {
     /// etcd answered a batch of nested transactions with something else.
     #[error("etcd answered a batch with {0}")]
     Malformed(&'static str),
+}
+
+/// A status in words: a failure to reach etcd says why (`connection
+/// refused`, `no answer in time`, from the innermost cause, without the
+/// `(os error N)` tail); a status etcd sent says its code and message.
+fn status_words(status: &tonic::Status) -> String {
+    let mut cause = std::error::Error::source(status);
+    let mut words = None;
+    while let Some(c) = cause {
+        if c.is::<tonic::TimeoutExpired>() {
+            words = Some("no answer in time".to_owned());
+            break;
+        }
+        words = Some(match c.downcast_ref::<std::io::Error>().map(|e| (e.kind().to_string(), e)) {
+            Some((kind, _)) if kind != "other error" && kind != "uncategorized error" => kind,
+            _ => {
+                let text = c.to_string();
+                text.find(" (os error").map_or(text.clone(), |i| text[..i].to_owned())
+            }
+        });
+        cause = c.source();
+    }
+    match words {
+        Some(w) => format!("cannot reach etcd: {w}"),
+        None => format!("etcd answered {}: {}", status.code().description(), status.message()),
+    }
 }
 
 /// An etcd endpoint that is not a URL.

@@ -17,7 +17,7 @@ use super::client::{Branch, Cond, Get, Skip, Txn, Write};
 use super::layout::EntryValue;
 use super::leases::ActiveLease;
 use super::{entry_is, first_entry, secs, token_rev, EtcdLease, Inner};
-use crate::backend::Grant;
+use crate::backend::{ForceReleased, Grant};
 use crate::clock::Clock;
 use crate::error::BackendError;
 
@@ -268,6 +268,36 @@ pub(super) async fn release(
         return Ok(true);
     }
     Ok(false)
+}
+
+/// ForceRelease: deletes the holder's entry, whoever's it is, as its expiry
+/// by TTL would (the waiter behind it sees the delete and is granted; no
+/// result is stored, so no sharing waiter is handed one), then revokes its
+/// lease. The delete is conditioned on the entry's create revision only: a
+/// renew through any sidecar since it was read does not save it. The
+/// sidecar that granted it finds its record stale (its expiry, renew and
+/// release transactions all fail on the missing entry).
+pub(super) async fn force_release(
+    inner: &Arc<Inner>,
+    key: String,
+    token: Option<u64>,
+) -> Result<ForceReleased, BackendError> {
+    inner.check_open()?;
+    let (first, count, _) = inner.head(&key).await?;
+    let previous = super::inspect::lock_info(inner, &key, first.as_ref(), count).await?;
+    let Some(kv) = first.filter(|kv| token.is_none_or(|t| kv.create_revision == token_rev(t))) else {
+        return Ok(ForceReleased { released: false, previous });
+    };
+    let txn = Txn::when([Cond::created_at(&kv.key, kv.create_revision)]).with(Branch::Then, Write::delete(&kv.key));
+    let resp = inner.write(&key, "force release", txn).await?;
+    if !resp.succeeded {
+        // Ended meanwhile (released, expired, or forced by another call).
+        return Ok(ForceReleased { released: false, previous });
+    }
+    // This sidecar's record of it, if any, and its keep-alive: gone with it.
+    drop(inner.local.forget(&key, super::rev_token(kv.create_revision)));
+    inner.revoke_later(kv.lease);
+    Ok(ForceReleased { released: true, previous })
 }
 
 /// Keeps a released result (on the released lease) until every sharing

@@ -49,7 +49,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::{AcquireOutcome, AcquireRequest, Backend, Grant, LockInfo, TtlBounds};
+use super::{AcquireOutcome, AcquireRequest, Backend, ForceReleased, Grant, LockInfo, TtlBounds};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::BackendError;
@@ -425,6 +425,10 @@ impl Backend for EtcdBackend {
         holders::release(&self.inner, key, token, result).await
     }
 
+    async fn force_release(&self, key: String, token: Option<u64>) -> Result<ForceReleased, BackendError> {
+        holders::force_release(&self.inner, key, token).await
+    }
+
     async fn get(&self, key: String) -> Result<LockInfo, BackendError> {
         inspect::get(&self.inner, &key).await
     }
@@ -457,5 +461,34 @@ impl Backend for EtcdBackend {
             tracing::warn!("some etcd lease revokes did not finish; those leases expire by their TTL");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What a client is told when etcd cannot be reached.
+
+    use clap::Parser;
+
+    use super::*;
+
+    /// UNAVAILABLE while etcd refuses connections says so in words (which
+    /// etcd call, and why), not as a dump of the transport's error.
+    #[tokio::test]
+    async fn an_unreachable_etcd_is_unavailable_in_words() {
+        let refused = turnstile_testkit::RefusedPort::new();
+        let url = refused.url();
+        let config =
+            Config::parse_from(["turnstiled", "--backend", "etcd", "--etcd-endpoints", &url, "--etcd-timeout", "2s"]);
+        let backend =
+            EtcdBackend::connect_with_clock(&config, Arc::new(Metrics::new()), Clock::new()).await.expect("lazy");
+        let err = backend.get("k".into()).await.expect_err("etcd is not there");
+        let status = tonic::Status::from(err);
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        let message = status.message();
+        assert!(message.contains("connection refused"), "{message}");
+        for debris in ["os error", "Status {", "ConnectError", "source:", "Unavailable:"] {
+            assert!(!message.contains(debris), "no {debris:?} in {message:?}");
+        }
     }
 }
