@@ -179,6 +179,13 @@ impl MemoryBackend {
 }
 
 impl Inner {
+    /// Counts a hold that a release or a force release just ended.
+    fn observe_hold(&self, held: Option<Duration>) {
+        if let Some(held) = held {
+            self.metrics.hold_seconds.observe(held.as_secs_f64());
+        }
+    }
+
     fn shard_of(&self, key: &str) -> usize {
         (self.hasher.hash_one(key) % self.shards.len() as u64) as usize
     }
@@ -323,6 +330,14 @@ enum Extend<T> {
     /// Not applied: persist this lease (as the extension would make it)
     /// first, then try again.
     Persist(Lease),
+}
+
+/// How long the lease on `key` (with `token`, when given) has been held,
+/// read just before it is ended.
+fn held_for(t: &LockTable<Reply>, key: &str, token: Option<u64>, now: Time) -> Option<Duration> {
+    t.holder_lease(key, now)
+        .filter(|l| token.is_none_or(|tk| l.token == tk))
+        .map(|l| now.saturating_since(l.granted_at))
 }
 
 fn grant(lease: &Lease) -> Grant {
@@ -519,12 +534,11 @@ impl Backend for MemoryBackend {
         let idx = inner.shard_of(&key);
         let result: Option<Arc<[u8]>> = result.map(Arc::from);
         let (released, held) = inner.with_table(idx, |t, now| {
-            let granted_at = t.holder_lease(&key, now).filter(|l| l.token == token).map(|l| l.granted_at);
-            let released = t.release(&key, token, result, now);
-            (released, granted_at.map(|g| now.saturating_since(g)))
+            let held = held_for(t, &key, Some(token), now);
+            (t.release(&key, token, result, now), held)
         });
-        if let (true, Some(held)) = (released, held) {
-            inner.metrics.hold_seconds.observe(held.as_secs_f64());
+        if released {
+            inner.observe_hold(held);
         }
         Ok(released)
     }
@@ -536,7 +550,14 @@ impl Backend for MemoryBackend {
         // Nothing to persist: the ended lease's coverage on disk (horizon or
         // long-lease log) only ever holds the key back longer after a crash,
         // and the next waiter's grant is made durable before it is answered.
-        let (released, previous) = inner.with_table(idx, |t, now| t.force_release(&key, token, now));
+        let (released, previous, held) = inner.with_table(idx, |t, now| {
+            let held = held_for(t, &key, token, now);
+            let (released, previous) = t.force_release(&key, token, now);
+            (released, previous, held)
+        });
+        if released {
+            inner.observe_hold(held);
+        }
         Ok(ForceReleased { released, previous })
     }
 

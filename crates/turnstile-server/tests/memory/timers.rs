@@ -81,7 +81,8 @@ async fn waits_and_leases_end_on_time_across_wheel_revolutions() {
 }
 
 /// `turnstile_hold_seconds` measures each lease from its grant to its end:
-/// to the release for one released, to the expiry for one that ran out.
+/// to the release for one released, to the expiry for one that ran out, to
+/// the force release for one an operator ended.
 #[tokio::test(start_paused = true)]
 async fn hold_time_runs_from_the_grant_to_the_release_or_the_expiry() {
     use clap::Parser;
@@ -90,14 +91,16 @@ async fn hold_time_runs_from_the_grant_to_the_release_or_the_expiry() {
     let b = MemoryBackend::start_with_clock(&config, metrics.clone(), Clock::new()).expect("start");
     let released = must_acquire(&b, req("released", "a", Duration::from_secs(10), Duration::ZERO)).await;
     must_acquire(&b, req("expired", "a", Duration::from_secs(1), Duration::ZERO)).await;
+    must_acquire(&b, req("stuck", "a", Duration::from_secs(60), Duration::ZERO)).await;
     tokio::time::sleep(Duration::from_millis(2_500)).await; // virtual time: the holder works 2.5 s
     assert!(b.release("released".into(), released.token, None).await.expect("release"));
+    assert!(b.force_release("stuck".into(), None).await.expect("force release").released);
     let text = metrics.encode_text();
     let value = |name: &str| -> f64 {
         let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
         line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a number")
     };
-    assert_eq!(value("turnstile_hold_seconds_count "), 2.0, "one release and one expiry");
+    assert_eq!(value("turnstile_hold_seconds_count "), 3.0, "a release, an expiry and a force release");
     let sum = value("turnstile_hold_seconds_sum ");
-    assert!((3.5..3.51).contains(&sum), "held 2.5 s until released and 1 s until expired, summed {sum}");
+    assert!((6.0..6.01).contains(&sum), "held 2.5 s, 1 s until expired and 2.5 s, summed {sum}");
 }
