@@ -10,7 +10,9 @@
 //! - [`RefusedPort`]: a loopback address where connections are refused.
 //! - [`turnstiled_bin`]: where the binary is, building it if missing.
 //! - [`Etcd`] (module `etcd`): a real etcd on free loopback ports with a
-//!   temporary data dir, with stop, kill, pause and restart.
+//!   temporary data dir, with stop, kill, pause and restart; over TLS
+//!   ([`Etcd::start_tls`]) and with users and `auth enable`
+//!   ([`Etcd::enable_auth`], through etcdctl).
 //! - [`TestCa`] (module `pki`): a CA and certificates made in the test, for TLS.
 //! - [`eventually`]: polls a condition until it holds, with a deadline.
 //! - [`history`]: a recorder of client operations on one monotonic clock and
@@ -29,7 +31,7 @@ mod etcd;
 pub mod history;
 mod inprocess;
 mod pki;
-pub use etcd::{etcd_bin, Etcd, ETCD_MISSING};
+pub use etcd::{etcd_bin, etcdctl_bin, Etcd, EtcdTls, ETCDCTL_MISSING, ETCD_MISSING, ETCD_ROOT_PASSWORD};
 pub use inprocess::{Bound, InProcess, Ready, Shutdown};
 pub use pki::{TestCa, TestCert};
 
