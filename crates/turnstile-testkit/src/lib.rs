@@ -178,9 +178,23 @@ impl Turnstiled {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        Self::try_start_with_env(args, std::iter::empty::<(&str, &str)>())
+    }
+
+    /// As [`Turnstiled::try_start`], with `envs` added to its environment
+    /// (e.g. a `TURNSTILE_*` variable that should not be a flag).
+    pub fn try_start_with_env<I, S, E, K, V>(args: I, envs: E) -> Result<Turnstiled, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+        E: IntoIterator<Item = (K, V)>,
+        K: AsRef<std::ffi::OsStr>,
+        V: AsRef<std::ffi::OsStr>,
+    {
         let mut child = Command::new(turnstiled_bin())
             .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--log", "warn"])
             .args(args)
+            .envs(envs)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

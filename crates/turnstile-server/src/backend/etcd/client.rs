@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Status, Streaming};
 
 use super::proto::etcdserverpb::auth_client::AuthClient;
@@ -37,7 +37,7 @@ pub(super) use super::proto::etcdserverpb::{
 };
 pub(super) use super::proto::mvccpb::event::EventType;
 pub(super) use super::proto::mvccpb::KeyValue;
-use super::secure::{explain, Credentials};
+use super::secure::{explain, Credentials, EtcdTls};
 
 /// Why an etcd call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -83,7 +83,7 @@ pub(super) struct ConnectOptions {
     /// Interval of HTTP/2 pings, sent even while no call is in flight.
     pub(super) ping_interval: Duration,
     /// TLS for `https://` endpoints (`--etcd-ca`, `--etcd-cert`, `--etcd-key`).
-    pub(super) tls: Option<ClientTlsConfig>,
+    pub(super) tls: Option<EtcdTls>,
     /// The user and password to authenticate with (`--etcd-user`).
     pub(super) credentials: Option<Credentials>,
 }
@@ -200,7 +200,8 @@ impl EtcdClient {
                 .keep_alive_timeout(options.timeout)
                 .keep_alive_while_idle(true);
             if let (Some(tls), true) = (&options.tls, endpoint.uri().scheme_str() == Some("https")) {
-                endpoint = endpoint.tls_config(tls.clone()).map_err(|e| bad(format!("TLS settings: {}", words(&e))))?;
+                endpoint =
+                    endpoint.tls_config(tls.tonic.clone()).map_err(|e| bad(format!("TLS settings: {}", words(&e))))?;
             }
             list.push(endpoint);
         }

@@ -395,6 +395,14 @@ async fn check_endpoints(
 }
 
 async fn check_endpoint(endpoint: &str, options: &ConnectOptions, probe: Get, prefix: &str) -> Result<(), Check> {
+    if let (Some(tls), true) = (&options.tls, endpoint.to_ascii_lowercase().starts_with("https://")) {
+        match secure::check_handshake(endpoint, tls, options.timeout).await {
+            Ok(()) => {}
+            Err(Some(words)) => return Err(Check::Fatal(words)),
+            // Unreachable: the gRPC call below says how.
+            Err(None) => {}
+        }
+    }
     let client = EtcdClient::new(&[endpoint], options).map_err(|e| Check::Fatal(e.to_string()))?;
     let check = async {
         client.authenticate().await?;

@@ -9,10 +9,15 @@
 //! anyone with a certificate from a public CA pose as etcd).
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
-use rustls::{AlertDescription, CertificateError, RootCertStore};
-use tonic::transport::{ClientTlsConfig, Identity};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{ClientTlsConfig, Identity, Uri};
 
 use super::ConnectError;
 use crate::config::Config;
@@ -61,26 +66,120 @@ fn read_password(path: &Path) -> Result<String, ConnectError> {
     Ok(password.to_owned())
 }
 
+/// TLS towards etcd, built once from the files: tonic's configuration for
+/// the connection, and the same settings as a rustls configuration for the
+/// start-up handshake check ([`check_handshake`]).
+#[derive(Debug, Clone)]
+pub(super) struct EtcdTls {
+    /// What the etcd channel connects with.
+    pub(super) tonic: ClientTlsConfig,
+    rustls: Arc<ClientConfig>,
+    /// Whether a client certificate is shown (`--etcd-cert`).
+    identity: bool,
+}
+
 /// The TLS configuration of `config`'s `https://` endpoints, or `None` for
 /// `http://` ones (`Config::validate` has made sure they are not mixed and
 /// that `--etcd-ca` is given).
-pub(super) fn client_tls(config: &Config) -> Result<Option<ClientTlsConfig>, ConnectError> {
+pub(super) fn client_tls(config: &Config) -> Result<Option<EtcdTls>, ConnectError> {
     let Some(ca) = &config.etcd_ca else { return Ok(None) };
     let mut roots = RootCertStore::empty();
     for cert in read_certs("--etcd-ca", ca)? {
         roots.add(cert).map_err(|e| ConnectError::new(format!("--etcd-ca {}: {e}", ca.display())))?;
     }
-    let mut tls = ClientTlsConfig::new().trust_anchors(roots.roots);
-    if let (Some(cert), Some(key)) = (&config.etcd_cert, &config.etcd_key) {
-        // Parsed here for an error that names the file; tonic takes the PEM.
-        read_certs("--etcd-cert", cert)?;
-        crate::tls::read_key("--etcd-key", key).map_err(|e| ConnectError::new(e.to_string()))?;
-        let read = |what: &str, path: &Path| {
-            std::fs::read(path).map_err(|e| ConnectError::new(format!("{what} {}: {e}", path.display())))
-        };
-        tls = tls.identity(Identity::from_pem(read("--etcd-cert", cert)?, read("--etcd-key", key)?));
+    let mut tls = ClientTlsConfig::new().trust_anchors(roots.roots.clone());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConnectError::new(format!("TLS to etcd: {e}")))?
+        .with_root_certificates(roots);
+    let mut rustls = match (&config.etcd_cert, &config.etcd_key) {
+        (Some(cert), Some(key)) => {
+            // Parsed here for an error that names the file; tonic takes the PEM.
+            let chain = read_certs("--etcd-cert", cert)?;
+            let der = crate::tls::read_key("--etcd-key", key).map_err(|e| ConnectError::new(e.to_string()))?;
+            let read = |what: &str, path: &Path| {
+                std::fs::read(path).map_err(|e| ConnectError::new(format!("{what} {}: {e}", path.display())))
+            };
+            tls = tls.identity(Identity::from_pem(read("--etcd-cert", cert)?, read("--etcd-key", key)?));
+            builder.with_client_auth_cert(chain, der).map_err(|e| {
+                ConnectError::new(format!("--etcd-cert {} with --etcd-key {}: {e}", cert.display(), key.display()))
+            })?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    rustls.alpn_protocols = vec![b"h2".to_vec()];
+    let identity = config.etcd_cert.is_some();
+    Ok(Some(EtcdTls { tonic: tls, rustls: Arc::new(rustls), identity }))
+}
+
+/// HTTP/2's connection preface and an empty SETTINGS frame: what a gRPC
+/// client sends first, so that etcd answers (or refuses) at once.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// Handshakes with the `https://` endpoint `url` and waits for etcd's first
+/// bytes, within `timeout`: `Ok` when etcd took the connection, `Err(Some)`
+/// with the words when TLS failed (etcd's certificate is not trusted, or
+/// etcd refused ours; the settings are wrong and will stay wrong), and
+/// `Err(None)` when it could not be reached.
+///
+/// With TLS 1.3, etcd judges the client's certificate after the client
+/// considers the handshake done, so a refusal can surface in a gRPC call as
+/// a bare "connection closed"; reading etcd's first bytes here makes it
+/// surface as the alert it is.
+pub(super) async fn check_handshake(url: &str, tls: &EtcdTls, timeout: Duration) -> Result<(), Option<String>> {
+    let uri: Uri = url.parse().map_err(|_| Some("not a URL".to_owned()))?;
+    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let name = ServerName::try_from(host.clone()).map_err(|_| Some(format!("{host:?} is not a host name")))?;
+    let probe = async {
+        let tcp = TcpStream::connect((host.as_str(), port)).await.map_err(|_| None)?;
+        let mut conn = TlsConnector::from(tls.rustls.clone()).connect(name, tcp).await.map_err(|e| io_words(&e))?;
+        conn.write_all(H2_PREFACE).await.map_err(|e| io_words(&e))?;
+        conn.flush().await.map_err(|e| io_words(&e))?;
+        let mut first = [0u8; 1];
+        match conn.read(&mut first).await {
+            Ok(0) => Err(Some("etcd closed the connection right after the TLS handshake".to_owned())),
+            Ok(_) => Ok(()),
+            Err(e) => Err(io_words(&e)),
+        }
+    };
+    match tokio::time::timeout(timeout, probe).await.unwrap_or(Err(None)) {
+        // etcd's alert does not say whether a certificate came at all; we know.
+        Err(Some(words)) if !tls.identity && words.contains("client certificate") => {
+            Err(Some("TLS: etcd requires a client certificate (give --etcd-cert and --etcd-key)".into()))
+        }
+        res => res,
     }
-    Ok(Some(tls))
+}
+
+/// A TLS failure as an I/O error in words; `None` when it is not one.
+fn io_words(e: &std::io::Error) -> Option<String> {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(tls) => Some(tls_words(tls)),
+        None => text_words(&e.to_string()),
+    }
+}
+
+/// rustls's message, where only its text got through (hyper passes TLS
+/// errors on as text), in words; `None` when it is not a TLS failure.
+fn text_words(text: &str) -> Option<String> {
+    use AlertDescription as A;
+    let alerts = [A::CertificateRequired, A::BadCertificate, A::UnknownCA, A::CertificateUnknown];
+    if let Some(alert) = alerts.into_iter().find(|a| text.contains(&format!("received fatal alert: {a:?}"))) {
+        return Some(tls_words(&rustls::Error::AlertReceived(alert)));
+    }
+    let certs = [
+        ("UnknownIssuer", CertificateError::UnknownIssuer),
+        ("NotValidForName", CertificateError::NotValidForName),
+        ("Expired", CertificateError::Expired),
+    ];
+    if let Some((_, e)) =
+        certs.into_iter().find(|(name, _)| text.contains(&format!("invalid peer certificate: {name}")))
+    {
+        return Some(tls_words(&rustls::Error::InvalidCertificate(e)));
+    }
+    (text.contains("peer certificate") || text.contains("fatal alert")).then(|| format!("TLS: {text}"))
 }
 
 fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConnectError> {
@@ -93,14 +192,12 @@ fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
 pub(super) fn tls_failure(status: &tonic::Status) -> Option<String> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(e) = source {
-        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
-            // An io::Error's source() skips the error it wraps: look inside.
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|i| i.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls) = tls {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls_words(tls));
+        }
+        // An io::Error's source() skips the error it wraps: look inside.
+        if let Some(words) = e.downcast_ref::<std::io::Error>().and_then(io_words) {
+            return Some(words);
         }
         source = e.source();
     }
@@ -156,11 +253,11 @@ fn tls_words(e: &rustls::Error) -> String {
         E::AlertReceived(AlertDescription::CertificateRequired) => {
             "TLS: etcd requires a client certificate (give --etcd-cert and --etcd-key)".into()
         }
-        E::AlertReceived(AlertDescription::BadCertificate | AlertDescription::UnknownCA) => {
-            "TLS: etcd refused the client certificate: it is not signed by a CA etcd trusts \
+        E::AlertReceived(
+            AlertDescription::BadCertificate | AlertDescription::UnknownCA | AlertDescription::CertificateUnknown,
+        ) => "TLS: etcd refused the client certificate: it is not signed by a CA etcd trusts \
              (its --trusted-ca-file), or none was given (--etcd-cert)"
-                .into()
-        }
+            .into(),
         E::InvalidMessage(_) => "TLS: the endpoint does not speak TLS (should it be http://?)".into(),
         other => format!("TLS: {other}"),
     }
@@ -193,6 +290,16 @@ mod tests {
         let c = Credentials { user: "turnstile".into(), password: "hunter2".into() };
         let shown = format!("{c:?}");
         assert!(shown.contains("turnstile") && !shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn tls_failures_that_reach_us_as_text_are_put_in_words() {
+        let words = |t: &str| text_words(t).unwrap_or_default();
+        assert!(words("received fatal alert: CertificateRequired").contains("requires a client certificate"));
+        assert!(words("io: received fatal alert: BadCertificate").contains("refused the client certificate"));
+        assert!(words("invalid peer certificate: UnknownIssuer").contains("not trusted by --etcd-ca"));
+        assert!(words("invalid peer certificate: NotValidForName").contains("host name"));
+        assert_eq!(text_words("connection refused"), None);
     }
 
     #[test]
