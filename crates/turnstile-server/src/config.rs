@@ -422,7 +422,7 @@ mod tests {
         assert!(parse_err(&["--etcd-user", "u", "--etcd-password", "pw", "--etcd-password-file", "f"])
             .contains("--etcd-password-file"));
         assert!(parse_err(&["--etcd-password", "pw"]).contains("--etcd-user"));
-        // The password never shows in --help, even when it comes from the variable.
+        // --help names the variable; its value is never shown (hide_env_values).
         let help = Config::command().render_long_help().to_string();
         assert!(help.contains("TURNSTILE_ETCD_PASSWORD"), "{help}");
     }

@@ -28,6 +28,10 @@
 //! - `batch`: concurrent write transactions on different keys sent to etcd
 //!   as one (group commit).
 //! - `inspect`: GetLock and ListLocks.
+//! - `secure`: TLS towards etcd (`--etcd-ca`, `--etcd-cert`, `--etcd-key`),
+//!   the credentials of `--etcd-user`, the start-up handshake check, and
+//!   etcd's failures in words. The auth token itself rides on every call
+//!   from `client` (an interceptor), fetched again when etcd refuses it.
 //!
 //! # Expiry
 //! A grant or renew promises its TTL counted from the moment the call began
@@ -190,6 +194,9 @@ impl EtcdBackend {
             tls: secure::client_tls(config)?,
             credentials: secure::Credentials::of(config)?,
         };
+        if let (Some(c), None) = (&options.credentials, &options.tls) {
+            tracing::warn!(user = %c.user, "--etcd-user over http://: the password and etcd's token cross the network in the clear");
+        }
         let layout = Layout::new(&config.etcd_prefix);
         check_endpoints(&endpoints, &options, &layout, &config.etcd_prefix).await?;
         let client = EtcdClient::new(&endpoints, &options).map_err(|e| ConnectError::new(e.to_string()))?;
