@@ -162,6 +162,10 @@ async fn a_wrong_password_or_none_is_a_clear_startup_error() {
     assert!(!err.contains("wrong"), "never shows the password: {err}");
     let err = refused(try_sidecar(&etcd, &[]));
     assert!(err.contains(&etcd.url()) && err.contains("--etcd-user"), "says what to give: {err}");
+    // A user whose role does not cover the prefix.
+    etcd.etcdctl(Some(&Etcd::root()), &["user", "add", "stranger:stranger-secret"]);
+    let err = refused(try_sidecar(&etcd, &["--etcd-user", "stranger", "--etcd-password", "stranger-secret"]));
+    assert!(err.contains("\"stranger\" may not read the prefix \"turnstile/\""), "says what to grant: {err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -329,8 +329,16 @@ impl EtcdClient {
             let (requests, rx) = mpsc::channel(1);
             // Cannot fail: the receiver is alive and the buffer empty.
             let _ = requests.try_send(first.clone());
-            let responses = self.watch.clone().watch(ReceiverStream::new(rx)).await?.into_inner();
-            Ok::<_, Status>(Watch { _requests: requests, responses })
+            let mut responses = self.watch.clone().watch(ReceiverStream::new(rx)).await?.into_inner();
+            // etcd answers a create with a refused token by a cancelled watch,
+            // not a status: make it one, so that `authed` authenticates again.
+            let created = responses.message().await?;
+            if let Some(w) = created.as_ref().filter(|w| w.canceled && self.session.is_some()) {
+                if w.cancel_reason.contains("permission denied") {
+                    return Err(Status::unauthenticated(format!("watch refused: {}", w.cancel_reason)));
+                }
+            }
+            Ok::<_, Status>(Watch { _requests: requests, responses, created })
         };
         self.authed(open).await
     }
@@ -378,11 +386,16 @@ pub(super) struct Watch {
     /// Kept open: etcd keeps a watch for as long as its request stream lives.
     _requests: mpsc::Sender<WatchRequest>,
     responses: Streaming<WatchResponse>,
+    /// etcd's first message (read when the watch was opened), until handed out.
+    created: Option<WatchResponse>,
 }
 
 impl Watch {
     /// The next message; `None` when etcd ended the stream.
     pub(super) async fn message(&mut self) -> Result<Option<WatchResponse>, CallError> {
+        if let Some(first) = self.created.take() {
+            return Ok(Some(first));
+        }
         Ok(self.responses.message().await?)
     }
 }
