@@ -187,9 +187,23 @@ async fn a_token_etcd_no_longer_takes_is_renewed_and_no_call_fails() {
     // and for sure; turning auth on again makes the old token refused.
     etcd.etcdctl(Some(&Etcd::root()), &["auth", "disable"]);
     etcd.etcdctl(None, &["auth", "enable"]);
-    // Every call succeeds at its first try: none sees the refused token.
-    let other = must_acquire(&mut c, acquire("auth:other", "app-1", LONG, Duration::ZERO)).await;
-    must_release(&mut c, &other).await;
+    let authenticates = || etcd.metric_sum("grpc_server_handled_total", &["grpc_method=\"Authenticate\""]);
+    let before = authenticates();
+    // Every call succeeds at its first try: none sees the refused token. Calls
+    // refused together share one new token.
+    let calls: Vec<_> = (0..16)
+        .map(|i| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                must_acquire(&mut c, acquire(&format!("auth:{i}"), "app-1", LONG, Duration::ZERO)).await
+            })
+        })
+        .collect();
+    for call in calls {
+        let lease = call.await.expect("acquire task");
+        must_release(&mut c, &lease).await;
+    }
+    assert_eq!(authenticates() - before, 1.0, "one Authenticate for all the calls refused together");
     must_release(&mut c, &held).await;
     let granted = waiter.await.expect("waiter task").expect("waiter's acquire").into_inner();
     assert!(granted.acquired, "the parked waiter is granted after the release: {granted:?}");
