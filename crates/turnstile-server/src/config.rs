@@ -56,6 +56,34 @@ pub struct Config {
     #[arg(long, env = "TURNSTILE_ETCD_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub etcd_timeout: Duration,
 
+    /// PEM file of the CA certificate(s) that etcd's certificate must chain to. Required
+    /// with `https://` endpoints: turnstiled trusts no system roots for etcd.
+    #[arg(long, env = "TURNSTILE_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+
+    /// PEM file of the client certificate shown to etcd (for etcd's --client-cert-auth),
+    /// with --etcd-key.
+    #[arg(long, env = "TURNSTILE_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+
+    /// PEM file of the private key of --etcd-cert.
+    #[arg(long, env = "TURNSTILE_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+
+    /// etcd user to authenticate as (etcd's `auth enable`); its password comes from
+    /// --etcd-password-file or TURNSTILE_ETCD_PASSWORD.
+    #[arg(long, env = "TURNSTILE_ETCD_USER")]
+    pub etcd_user: Option<String>,
+
+    /// Password of --etcd-user. Prefer the variable or --etcd-password-file: a flag's
+    /// value is visible to every user of the machine in the process list.
+    #[arg(long, env = "TURNSTILE_ETCD_PASSWORD", hide_env_values = true, requires = "etcd_user")]
+    pub etcd_password: Option<String>,
+
+    /// File whose content is the password of --etcd-user (one trailing newline is ignored).
+    #[arg(long, env = "TURNSTILE_ETCD_PASSWORD_FILE", requires = "etcd_user", conflicts_with = "etcd_password")]
+    pub etcd_password_file: Option<PathBuf>,
+
     /// Directory for the restart state of the memory backend (token block, lease
     /// horizon, shutdown snapshot); created if missing. An empty value runs without
     /// state: then mutual exclusion and fencing hold only within one process lifetime.
@@ -200,8 +228,12 @@ impl Config {
             if self.etcd_endpoints.iter().all(|e| e.trim().is_empty()) {
                 return err("etcd-endpoints", "must name at least one endpoint, e.g. http://127.0.0.1:2379");
             }
-            if let Some(e) = self.etcd_endpoints.iter().find(|e| e.trim().starts_with("https://")) {
-                return err("etcd-endpoints", &format!("{e}: TLS to etcd is not supported yet; use http://"));
+            self.validate_etcd_tls()?;
+            if self.etcd_user.as_deref().is_some_and(str::is_empty) {
+                return err("etcd-user", "must not be empty");
+            }
+            if self.etcd_user.is_some() && self.etcd_password.is_none() && self.etcd_password_file.is_none() {
+                return err("etcd-user", "needs a password: --etcd-password-file or TURNSTILE_ETCD_PASSWORD");
             }
             if self.etcd_prefix.is_empty() {
                 return err("etcd-prefix", "must not be empty");
@@ -216,6 +248,31 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Endpoints are all `https://` or all `http://` (a bare `host:port` is
+    /// `http://`); `https://` needs `--etcd-ca`, and the TLS files need
+    /// `https://` (else they would silently not be used).
+    fn validate_etcd_tls(&self) -> Result<(), ConfigError> {
+        let endpoints: Vec<&str> = self.etcd_endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()).collect();
+        let (tls, plain): (Vec<&str>, Vec<&str>) =
+            endpoints.iter().partition(|e| e.to_ascii_lowercase().starts_with("https://"));
+        let err = |flag, reason: String| Err(ConfigError { flag, reason });
+        match (tls.first(), plain.first()) {
+            (Some(t), Some(p)) => err(
+                "etcd-endpoints",
+                format!("mixes https ({t}) and http ({p}) endpoints; use https:// for every member, or http:// for every one"),
+            ),
+            (Some(t), None) if self.etcd_ca.is_none() => err(
+                "etcd-ca",
+                format!("is needed with https:// endpoints ({t}): the PEM CA that signed etcd's certificate"),
+            ),
+            (None, _) if self.etcd_ca.is_some() || self.etcd_cert.is_some() => {
+                let flag = if self.etcd_ca.is_some() { "etcd-ca" } else { "etcd-cert" };
+                err(flag, "needs https:// endpoints in --etcd-endpoints (they are http://, so it would not be used)".into())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// A gRPC port that the network can reach needs TLS and tokens, or an
@@ -277,6 +334,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
 
     fn parse(args: &[&str]) -> Config {
@@ -331,8 +390,41 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().flag, "etcd-prefix");
         // Any other prefix is a lock space of its own: no trailing `/` needed.
         assert!(parse(&["--backend", "etcd", "--etcd-prefix", "turnstile/pay"]).validate().is_ok());
-        let c = parse(&["--backend", "etcd", "--etcd-endpoints", "https://a:2379"]);
-        assert_eq!(c.validate().unwrap_err().flag, "etcd-endpoints");
+    }
+
+    #[test]
+    fn etcd_tls_flags_fit_the_endpoints() {
+        let etcd = |args: &[&str]| parse(&[&["--backend", "etcd"], args].concat()).validate();
+        let mixed = etcd(&["--etcd-endpoints", "https://a:2379,http://b:2379", "--etcd-ca", "ca.pem"]).unwrap_err();
+        assert_eq!(mixed.flag, "etcd-endpoints");
+        assert!(mixed.to_string().contains("https://a:2379") && mixed.to_string().contains("http://b:2379"), "{mixed}");
+        // A bare host:port is http://.
+        assert_eq!(
+            etcd(&["--etcd-endpoints", "HTTPS://a:2379,b:2379", "--etcd-ca", "c"]).unwrap_err().flag,
+            "etcd-endpoints"
+        );
+        assert_eq!(etcd(&["--etcd-endpoints", "https://a:2379"]).unwrap_err().flag, "etcd-ca");
+        assert!(etcd(&["--etcd-endpoints", "https://a:2379,https://b:2379", "--etcd-ca", "ca.pem"]).is_ok());
+        let mtls = ["--etcd-endpoints", "https://a:2379", "--etcd-ca", "ca", "--etcd-cert", "c", "--etcd-key", "k"];
+        assert!(etcd(&mtls).is_ok());
+        assert_eq!(etcd(&["--etcd-ca", "ca.pem"]).unwrap_err().flag, "etcd-ca");
+        assert_eq!(etcd(&["--etcd-cert", "c", "--etcd-key", "k"]).unwrap_err().flag, "etcd-cert");
+        assert!(parse_err(&["--etcd-cert", "c.pem"]).contains("--etcd-key"));
+        assert!(parse_err(&["--etcd-key", "k.pem"]).contains("--etcd-cert"));
+    }
+
+    #[test]
+    fn etcd_user_needs_one_password_source() {
+        let etcd = |args: &[&str]| parse(&[&["--backend", "etcd"], args].concat()).validate();
+        assert_eq!(etcd(&["--etcd-user", "turnstile"]).unwrap_err().flag, "etcd-user");
+        assert!(etcd(&["--etcd-user", "turnstile", "--etcd-password", "pw"]).is_ok());
+        assert!(etcd(&["--etcd-user", "turnstile", "--etcd-password-file", "pw.txt"]).is_ok());
+        assert!(parse_err(&["--etcd-user", "u", "--etcd-password", "pw", "--etcd-password-file", "f"])
+            .contains("--etcd-password-file"));
+        assert!(parse_err(&["--etcd-password", "pw"]).contains("--etcd-user"));
+        // --help names the variable; its value is never shown (hide_env_values).
+        let help = Config::command().render_long_help().to_string();
+        assert!(help.contains("TURNSTILE_ETCD_PASSWORD"), "{help}");
     }
 
     #[test]

@@ -37,8 +37,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         BackendKind::Etcd => {
             let backend =
                 Arc::new(EtcdBackend::connect(&config, metrics.clone()).await.context("opening the etcd backend")?);
-            // Leases live in etcd, shared by every sidecar: none is counted here.
-            serve_with(backend, "etcd", Box::new(|| None), &config, metrics, security).await
+            // The leases granted or last renewed through this sidecar (docs/etcd.md).
+            let held = backend.clone();
+            serve_with(backend, "etcd", Box::new(move || Some(held.leases_held())), &config, metrics, security).await
         }
     }
 }

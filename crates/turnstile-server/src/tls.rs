@@ -105,7 +105,10 @@ fn file_err<'a>(what: &'static str, path: &'a Path) -> impl Fn(String) -> TlsErr
     move |reason| TlsError::File { what, path: path.to_owned(), reason }
 }
 
-fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// Every PEM certificate in `path` (at least one); an error names the file
+/// and `what` it is (its flag). Also the etcd backend's, for `--etcd-ca` and
+/// `--etcd-cert`.
+pub(crate) fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = file_err(what, path);
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| err(e.to_string()))?
@@ -117,10 +120,16 @@ fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
+/// The first PEM private key in `path` (PKCS#8, PKCS#1 or SEC1); an error
+/// names the file and `what` it is.
+pub(crate) fn read_key(what: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(what, path)(e.to_string()))
+}
+
 fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs("--tls-cert", &files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_err("--tls-key", &files.key)(e.to_string()))?;
+    let key = read_key("--tls-key", &files.key)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?;

@@ -1,20 +1,30 @@
 //! [`Etcd`]: a real single-member etcd on free loopback ports with a
-//! temporary data dir, that tests can stop, kill, pause and restart.
+//! temporary data dir, that tests can stop, kill, pause and restart; served
+//! over TLS (optionally demanding client certificates) with
+//! [`Etcd::start_tls`], with users and `auth enable` by [`Etcd::enable_auth`]
+//! (through `etcdctl`).
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::TempDir;
+use crate::{TempDir, TestCa};
 
 /// How to get etcd when it is missing: every test that needs it fails with this.
 pub const ETCD_MISSING: &str = "etcd not found: the etcd backend tests start a real etcd server. \
 Install Debian's package with `apt-get install -y etcd-server` (it puts `etcd` in /usr/bin), \
 or point ETCD_BIN at an etcd 3.4+ binary";
+
+/// How to get etcdctl when it is missing.
+pub const ETCDCTL_MISSING: &str = "etcdctl not found: the etcd auth tests set up users with it. \
+Install Debian's package with `apt-get install -y etcd-client`, or point ETCDCTL_BIN at an etcdctl 3.4+ binary";
+
+/// The password [`Etcd::enable_auth`] gives etcd's `root` user.
+pub const ETCD_ROOT_PASSWORD: &str = "root-secret";
 
 /// How long etcd may take to become ready (it is usually well under a second).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,6 +48,37 @@ pub fn etcd_bin() -> PathBuf {
         .unwrap_or_else(|| panic!("{ETCD_MISSING}"))
 }
 
+/// The etcdctl binary: `$ETCDCTL_BIN`, else `etcdctl` on `PATH`. Panics with
+/// [`ETCDCTL_MISSING`] when there is none.
+pub fn etcdctl_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ETCDCTL_BIN") {
+        return PathBuf::from(p);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("etcdctl"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{ETCDCTL_MISSING}"))
+}
+
+/// The TLS files of an etcd started with [`Etcd::start_tls`], all PEM, in
+/// its temporary dir.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA that signed etcd's certificate (and, with client certificate
+    /// auth, the one etcd trusts for clients): `--etcd-ca`.
+    pub ca: PathBuf,
+    /// A client certificate of that CA, for 127.0.0.1: `--etcd-cert`.
+    pub client_cert: PathBuf,
+    /// Its key: `--etcd-key`.
+    pub client_key: PathBuf,
+    /// Whether etcd demands a client certificate (`--client-cert-auth`).
+    pub client_cert_auth: bool,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
 /// A running single-member etcd. Killed (SIGKILL) on drop, data dir removed.
 ///
 /// Readiness is awaited by reading etcd's log for its "ready to serve client
@@ -51,6 +92,7 @@ pub struct Etcd {
     peer: SocketAddr,
     metrics: SocketAddr,
     log: Arc<Mutex<String>>,
+    tls: Option<EtcdTls>,
 }
 
 /// A free loopback port: bound, then released for etcd to take. Another
@@ -63,15 +105,35 @@ impl Etcd {
     /// Starts etcd on free loopback ports with a new temporary data dir and
     /// waits until it serves clients.
     pub fn start() -> Etcd {
+        Etcd::start_with(|_| None)
+    }
+
+    /// Starts etcd serving clients over TLS only (`https://`), with a
+    /// certificate for 127.0.0.1 signed by `ca`; with `client_cert_auth`
+    /// etcd also demands a client certificate signed by `ca`
+    /// (`--client-cert-auth --trusted-ca-file`). [`Etcd::tls`] has the files.
+    pub fn start_tls(ca: &TestCa, client_cert_auth: bool) -> Etcd {
+        Etcd::start_with(|dir| {
+            let (server_cert, server_key) = ca.issue(&["127.0.0.1", "localhost"]).write(dir, "etcd-server");
+            let (client_cert, client_key) = ca.issue(&["turnstile-client"]).write(dir, "etcd-client");
+            let ca = ca.write(&dir.join("etcd-ca.pem"));
+            Some(EtcdTls { ca, client_cert, client_key, client_cert_auth, server_cert, server_key })
+        })
+    }
+
+    fn start_with(tls: impl Fn(&Path) -> Option<EtcdTls>) -> Etcd {
         let mut last_err = String::new();
         for _ in 0..5 {
+            let dir = TempDir::new("etcd");
+            let tls = tls(dir.path());
             let mut etcd = Etcd {
                 child: None,
-                dir: TempDir::new("etcd"),
+                dir,
                 client: free_port(),
                 peer: free_port(),
                 metrics: free_port(),
                 log: Arc::default(),
+                tls,
             };
             match etcd.spawn() {
                 Ok(()) => return etcd,
@@ -82,9 +144,57 @@ impl Etcd {
         panic!("etcd did not start: {last_err}");
     }
 
-    /// `http://<client addr>`, for `--etcd-endpoints`.
+    /// `http://<client addr>` (`https://` when started with
+    /// [`Etcd::start_tls`]), for `--etcd-endpoints`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client)
+    }
+
+    /// The TLS files, when started with [`Etcd::start_tls`].
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
+    }
+
+    /// Runs `etcdctl` against this etcd (with its TLS files, if any), as
+    /// `user` (`name:password`) if given, and returns its stdout; panics with
+    /// its output if it fails.
+    pub fn etcdctl(&self, user: Option<&str>, args: &[&str]) -> String {
+        let mut cmd = Command::new(etcdctl_bin());
+        cmd.env("ETCDCTL_API", "3").arg("--endpoints").arg(self.url()).arg("--dial-timeout=5s");
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cacert").arg(&tls.ca).arg("--cert").arg(&tls.client_cert).arg("--key").arg(&tls.client_key);
+        }
+        if let Some(user) = user {
+            cmd.arg("--user").arg(user);
+        }
+        let out = cmd.args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{ETCDCTL_MISSING} ({e})"));
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed ({}): {}{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// Turns on etcd's authentication: a `root` user (password
+    /// [`ETCD_ROOT_PASSWORD`]), and `user` with `password` whose role may
+    /// read and write every key under `prefix`, and nothing else.
+    pub fn enable_auth(&self, user: &str, password: &str, prefix: &str) {
+        self.etcdctl(None, &["user", "add", &format!("root:{ETCD_ROOT_PASSWORD}")]);
+        self.etcdctl(None, &["user", "add", &format!("{user}:{password}")]);
+        self.etcdctl(None, &["role", "add", "turnstile-locks"]);
+        self.etcdctl(None, &["role", "grant-permission", "turnstile-locks", "readwrite", "--prefix=true", prefix]);
+        self.etcdctl(None, &["user", "grant-role", user, "turnstile-locks"]);
+        self.etcdctl(None, &["auth", "enable"]);
+    }
+
+    /// `root:<password>`, for [`Etcd::etcdctl`] once auth is enabled.
+    pub fn root() -> String {
+        format!("root:{ETCD_ROOT_PASSWORD}")
     }
 
     /// What etcd logged so far (for failure messages).
@@ -128,12 +238,19 @@ impl Etcd {
 
     fn spawn(&mut self) -> Result<(), String> {
         let url = |a: SocketAddr| format!("http://{a}");
-        let mut child = Command::new(etcd_bin())
+        let mut cmd = Command::new(etcd_bin());
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file").arg(&tls.server_cert).arg("--key-file").arg(&tls.server_key);
+            if tls.client_cert_auth {
+                cmd.arg("--client-cert-auth").arg("--trusted-ca-file").arg(&tls.ca);
+            }
+        }
+        let mut child = cmd
             .arg("--name")
             .arg("t")
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
-            .args(["--listen-client-urls", &url(self.client), "--advertise-client-urls", &url(self.client)])
+            .args(["--listen-client-urls", &self.url(), "--advertise-client-urls", &self.url()])
             .args(["--listen-peer-urls", &url(self.peer), "--initial-advertise-peer-urls", &url(self.peer)])
             .args(["--initial-cluster", &format!("t={}", url(self.peer))])
             .args(["--listen-metrics-urls", &url(self.metrics)])

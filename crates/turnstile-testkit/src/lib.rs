@@ -10,7 +10,9 @@
 //! - [`RefusedPort`]: a loopback address where connections are refused.
 //! - [`turnstiled_bin`]: where the binary is, building it if missing.
 //! - [`Etcd`] (module `etcd`): a real etcd on free loopback ports with a
-//!   temporary data dir, with stop, kill, pause and restart.
+//!   temporary data dir, with stop, kill, pause and restart; over TLS
+//!   ([`Etcd::start_tls`]) and with users and `auth enable`
+//!   ([`Etcd::enable_auth`], through etcdctl).
 //! - [`TestCa`] (module `pki`): a CA and certificates made in the test, for TLS.
 //! - [`eventually`]: polls a condition until it holds, with a deadline.
 //! - [`history`]: a recorder of client operations on one monotonic clock and
@@ -29,7 +31,7 @@ mod etcd;
 pub mod history;
 mod inprocess;
 mod pki;
-pub use etcd::{etcd_bin, Etcd, ETCD_MISSING};
+pub use etcd::{etcd_bin, etcdctl_bin, Etcd, EtcdTls, ETCDCTL_MISSING, ETCD_MISSING, ETCD_ROOT_PASSWORD};
 pub use inprocess::{Bound, InProcess, Ready, Shutdown};
 pub use pki::{TestCa, TestCert};
 
@@ -176,9 +178,23 @@ impl Turnstiled {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        Self::try_start_with_env(args, std::iter::empty::<(&str, &str)>())
+    }
+
+    /// As [`Turnstiled::try_start`], with `envs` added to its environment
+    /// (e.g. a `TURNSTILE_*` variable that should not be a flag).
+    pub fn try_start_with_env<I, S, E, K, V>(args: I, envs: E) -> Result<Turnstiled, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+        E: IntoIterator<Item = (K, V)>,
+        K: AsRef<std::ffi::OsStr>,
+        V: AsRef<std::ffi::OsStr>,
+    {
         let mut child = Command::new(turnstiled_bin())
             .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--log", "warn"])
             .args(args)
+            .envs(envs)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -6,4 +6,5 @@
 
 mod common;
 mod failures;
+mod secure;
 mod sidecars;

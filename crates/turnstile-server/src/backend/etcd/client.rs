@@ -7,13 +7,20 @@
 //! Nothing here knows turnstile's key layout or keeps state across calls: the
 //! call timeout and etcd's health are the caller's (`Inner::call`).
 
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
-use tonic::Streaming;
+use tonic::{Status, Streaming};
 
+use super::proto::etcdserverpb::auth_client::AuthClient;
 use super::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use super::proto::etcdserverpb::kv_client::KvClient;
 use super::proto::etcdserverpb::lease_client::LeaseClient;
@@ -21,22 +28,31 @@ pub(super) use super::proto::etcdserverpb::range_request::{SortOrder, SortTarget
 use super::proto::etcdserverpb::watch_client::WatchClient;
 use super::proto::etcdserverpb::watch_create_request::FilterType;
 use super::proto::etcdserverpb::{
-    request_op, response_op, watch_request, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
-    LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest, RequestOp,
-    ResponseOp, TxnRequest, TxnResponse, WatchCreateRequest, WatchRequest,
+    request_op, response_op, watch_request, AuthenticateRequest, Compare, DeleteRangeRequest, LeaseGrantRequest,
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest,
+    RangeRequest, RequestOp, ResponseOp, TxnRequest, TxnResponse, WatchCreateRequest, WatchRequest,
 };
 pub(super) use super::proto::etcdserverpb::{
     LeaseGrantResponse, LeaseTimeToLiveResponse, RangeResponse, WatchResponse,
 };
 pub(super) use super::proto::mvccpb::event::EventType;
 pub(super) use super::proto::mvccpb::KeyValue;
+use super::secure::{explain, Credentials, EtcdTls};
 
 /// Why an etcd call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub(super) enum CallError {
     /// etcd, or the connection to it, answered with this status.
-    #[error("{}", status_words(.0))]
+    #[error("{}", explain(.0))]
     Status(#[from] tonic::Status),
+    /// etcd refused `--etcd-user`'s credentials.
+    #[error("authenticating as etcd user {user:?}: {reason}")]
+    Authenticate {
+        /// The user.
+        user: String,
+        /// etcd's answer, in words.
+        reason: String,
+    },
     /// No answer within the call timeout.
     #[error("no answer in time")]
     TimedOut,
@@ -51,109 +67,246 @@ pub(super) enum CallError {
     Malformed(&'static str),
 }
 
-/// A status in words: a failure to reach etcd says why (`connection
-/// refused`, `no answer in time`, from the innermost cause, without the
-/// `(os error N)` tail); a status etcd sent says its code and message.
-fn status_words(status: &tonic::Status) -> String {
-    let mut cause = std::error::Error::source(status);
-    let mut words = None;
-    while let Some(c) = cause {
-        if c.is::<tonic::TimeoutExpired>() {
-            words = Some("no answer in time".to_owned());
-            break;
-        }
-        words = Some(match c.downcast_ref::<std::io::Error>().map(|e| (e.kind().to_string(), e)) {
-            Some((kind, _)) if kind != "other error" && kind != "uncategorized error" => kind,
-            _ => {
-                let text = c.to_string();
-                text.find(" (os error").map_or(text.clone(), |i| text[..i].to_owned())
-            }
-        });
-        cause = c.source();
-    }
-    match words {
-        Some(w) => format!("cannot reach etcd: {w}"),
-        None => format!("etcd answered {}: {}", status.code().description(), status.message()),
-    }
-}
-
-/// An etcd endpoint that is not a URL.
+/// An etcd endpoint that is not a URL, or whose TLS settings do not load.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid etcd endpoint {endpoint:?}: {source}")]
+#[error("etcd endpoint {endpoint}: {reason}")]
 pub(super) struct BadEndpoint {
     endpoint: String,
-    source: tonic::transport::Error,
+    reason: String,
 }
 
 /// How to reach etcd.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct ConnectOptions {
     /// Longest wait for a TCP connection, and for an HTTP/2 ping's answer.
     pub(super) timeout: Duration,
     /// Interval of HTTP/2 pings, sent even while no call is in flight.
     pub(super) ping_interval: Duration,
+    /// TLS for `https://` endpoints (`--etcd-ca`, `--etcd-cert`, `--etcd-key`).
+    pub(super) tls: Option<EtcdTls>,
+    /// The user and password to authenticate with (`--etcd-user`).
+    pub(super) credentials: Option<Credentials>,
+}
+
+/// The services' transport: the channel, with the auth token added to every call.
+type Svc = InterceptedService<Channel, TokenHeader>;
+
+/// Adds etcd's auth token, while there is one, to every request as the
+/// `token` metadata header (what etcd's own client sends).
+#[derive(Clone, Default)]
+struct TokenHeader(Arc<RwLock<Option<MetadataValue<Ascii>>>>);
+
+impl TokenHeader {
+    fn set(&self, token: Option<MetadataValue<Ascii>>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = token;
+    }
+
+    fn get(&self) -> Option<MetadataValue<Ascii>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Interceptor for TokenHeader {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = self.get() {
+            req.metadata_mut().insert("token", token);
+        }
+        Ok(req)
+    }
+}
+
+/// The auth session with etcd: the credentials and the current token, which
+/// is fetched again (once per call) when etcd no longer takes it.
+struct Session {
+    credentials: Credentials,
+    auth: AuthClient<Channel>,
+    token: TokenHeader,
+    /// Counts the tokens fetched: a call re-authenticates only if no other
+    /// call has done so since it sent its request.
+    generation: AtomicU64,
+    /// Serializes authentications (etcd's Authenticate is deliberately slow).
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl Session {
+    /// Fetches a new token unless one was fetched after generation `seen`.
+    async fn authenticate(&self, seen: u64) -> Result<(), CallError> {
+        let _one_at_a_time = self.refresh.lock().await;
+        if self.generation.load(Ordering::Acquire) != seen {
+            return Ok(());
+        }
+        let req =
+            AuthenticateRequest { name: self.credentials.user.clone(), password: self.credentials.password.clone() };
+        let token = match self.auth.clone().authenticate(req).await {
+            Ok(resp) => {
+                let token = resp.into_inner().token;
+                let value = token.parse::<MetadataValue<Ascii>>().map_err(|_| CallError::Authenticate {
+                    user: self.credentials.user.clone(),
+                    reason: "etcd answered a token that is not ASCII".into(),
+                })?;
+                Some(value)
+            }
+            // etcd without `auth enable` takes every call without a token.
+            Err(s) if s.message().contains("authentication is not enabled") => {
+                tracing::warn!(user = %self.credentials.user, "--etcd-user is set but etcd has authentication disabled");
+                None
+            }
+            Err(s) if s.code() == tonic::Code::InvalidArgument || s.code() == tonic::Code::PermissionDenied => {
+                return Err(CallError::Authenticate { user: self.credentials.user.clone(), reason: explain(&s) });
+            }
+            Err(s) => return Err(CallError::Status(s)),
+        };
+        self.token.set(token);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+/// Whether etcd refused a call for its token (expired, invalidated by an
+/// etcd restart or `auth disable`, or missing since auth was enabled after
+/// the last authentication): then authenticating again helps.
+fn token_refused(s: &Status) -> bool {
+    let m = s.message();
+    s.code() == tonic::Code::Unauthenticated
+        || m.contains("invalid auth token")
+        || m.contains("revision of auth store is old")
+        || m.contains("user name is empty")
 }
 
 /// The connection to etcd: one channel balanced over every endpoint, which
 /// connects lazily and reconnects by itself. Clones share it.
 #[derive(Clone)]
 pub(super) struct EtcdClient {
-    kv: KvClient<Channel>,
-    watch: WatchClient<Channel>,
-    lease: LeaseClient<Channel>,
+    kv: KvClient<Svc>,
+    watch: WatchClient<Svc>,
+    lease: LeaseClient<Svc>,
+    session: Option<Arc<Session>>,
 }
 
 impl EtcdClient {
-    /// A client of `endpoints` (`http://host:port`; a bare `host:port` means
-    /// `http://`). Nothing is connected yet: an unreachable etcd fails calls,
-    /// not this.
-    pub(super) fn new(endpoints: &[&str], options: ConnectOptions) -> Result<Self, BadEndpoint> {
+    /// A client of `endpoints` (`http://host:port`, or `https://` with
+    /// [`ConnectOptions::tls`]; a bare `host:port` means `http://`). Nothing
+    /// is connected yet: an unreachable etcd fails calls, not this; nor is
+    /// a token fetched ([`EtcdClient::authenticate`]).
+    pub(super) fn new(endpoints: &[&str], options: &ConnectOptions) -> Result<Self, BadEndpoint> {
         let mut list = Vec::with_capacity(endpoints.len());
         for &e in endpoints {
+            let bad = |reason: String| BadEndpoint { endpoint: e.to_owned(), reason };
             let url = if e.contains("://") { e.to_owned() } else { format!("http://{e}") };
-            let endpoint = Endpoint::from_shared(url)
-                .map_err(|source| BadEndpoint { endpoint: e.to_owned(), source })?
+            let mut endpoint = Endpoint::from_shared(url)
+                .map_err(|_| bad("not a URL (http://host:port or https://host:port)".into()))?
                 .connect_timeout(options.timeout)
                 .http2_keep_alive_interval(options.ping_interval)
                 .keep_alive_timeout(options.timeout)
                 .keep_alive_while_idle(true);
+            if let (Some(tls), true) = (&options.tls, endpoint.uri().scheme_str() == Some("https")) {
+                endpoint =
+                    endpoint.tls_config(tls.tonic.clone()).map_err(|e| bad(format!("TLS settings: {}", words(&e))))?;
+            }
             list.push(endpoint);
         }
         let channel = Channel::balance_list(list.into_iter());
+        let token = TokenHeader::default();
+        let session = options.credentials.clone().map(|credentials| {
+            Arc::new(Session {
+                credentials,
+                auth: AuthClient::new(channel.clone()),
+                token: token.clone(),
+                generation: AtomicU64::new(0),
+                refresh: tokio::sync::Mutex::new(()),
+            })
+        });
         Ok(EtcdClient {
-            kv: KvClient::new(channel.clone()),
-            watch: WatchClient::new(channel.clone()),
-            lease: LeaseClient::new(channel),
+            kv: KvClient::with_interceptor(channel.clone(), token.clone()),
+            watch: WatchClient::with_interceptor(channel.clone(), token.clone()),
+            lease: LeaseClient::with_interceptor(channel, token),
+            session,
         })
+    }
+
+    /// Fetches an auth token now (without credentials: nothing to do). A
+    /// wrong password is [`CallError::Authenticate`].
+    pub(super) async fn authenticate(&self) -> Result<(), CallError> {
+        match &self.session {
+            Some(session) => session.authenticate(session.generation.load(Ordering::Acquire)).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `call`; when etcd refuses its auth token, authenticates again
+    /// (once, shared with every call refused meanwhile) and runs it again.
+    async fn authed<T, F, Fut>(&self, call: F) -> Result<T, CallError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let Some(session) = &self.session else { return Ok(call().await?) };
+        let seen = session.generation.load(Ordering::Acquire);
+        match call().await {
+            Err(s) if token_refused(&s) => {
+                tracing::info!(user = %session.credentials.user, "etcd refused the auth token ({}); authenticating again", explain(&s));
+                session.authenticate(seen).await?;
+                Ok(call().await?)
+            }
+            res => Ok(res?),
+        }
     }
 
     /// Runs a transaction.
     pub(super) async fn txn(&self, txn: &Txn) -> Result<TxnAnswer, CallError> {
-        let resp = self.kv.clone().txn(txn.req.clone()).await?.into_inner();
+        let resp = self
+            .authed(|| {
+                let (mut kv, req) = (self.kv.clone(), txn.req.clone());
+                async move { kv.txn(req).await }
+            })
+            .await?
+            .into_inner();
         let revision = resp.header.as_ref().map_or(0, |h| h.revision);
         Ok(TxnAnswer::new(resp, revision))
     }
 
     /// A plain read (not in a transaction).
     pub(super) async fn get(&self, get: Get) -> Result<RangeResponse, CallError> {
-        Ok(self.kv.clone().range(get.0).await?.into_inner())
+        Ok(self
+            .authed(|| {
+                let (mut kv, req) = (self.kv.clone(), get.0.clone());
+                async move { kv.range(req).await }
+            })
+            .await?
+            .into_inner())
     }
 
     /// Grants a lease of `ttl` seconds.
     pub(super) async fn grant(&self, ttl: i64) -> Result<LeaseGrantResponse, CallError> {
-        Ok(self.lease.clone().lease_grant(LeaseGrantRequest { ttl, id: 0 }).await?.into_inner())
+        Ok(self
+            .authed(|| {
+                let mut lease = self.lease.clone();
+                async move { lease.lease_grant(LeaseGrantRequest { ttl, id: 0 }).await }
+            })
+            .await?
+            .into_inner())
     }
 
     /// Revokes lease `id`; etcd answers `NOT_FOUND` when it has ended already.
     pub(super) async fn revoke(&self, id: i64) -> Result<(), CallError> {
-        self.lease.clone().lease_revoke(LeaseRevokeRequest { id }).await?;
+        self.authed(|| {
+            let mut lease = self.lease.clone();
+            async move { lease.lease_revoke(LeaseRevokeRequest { id }).await }
+        })
+        .await?;
         Ok(())
     }
 
     /// The remaining TTL of lease `id` (negative when it has ended).
     pub(super) async fn time_to_live(&self, id: i64) -> Result<LeaseTimeToLiveResponse, CallError> {
         let req = LeaseTimeToLiveRequest { id, keys: false };
-        Ok(self.lease.clone().lease_time_to_live(req).await?.into_inner())
+        Ok(self
+            .authed(|| {
+                let mut lease = self.lease.clone();
+                async move { lease.lease_time_to_live(req).await }
+            })
+            .await?
+            .into_inner())
     }
 
     /// Watches `key` (every key under it, with `prefix`) from revision `from`,
@@ -171,26 +324,52 @@ impl EtcdClient {
             filters: vec![filter as i32],
             ..WatchCreateRequest::default()
         };
-        let (requests, rx) = mpsc::channel(1);
         let first = WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) };
-        // Cannot fail: the receiver is alive and the buffer empty.
-        let _ = requests.try_send(first);
-        let responses = self.watch.clone().watch(ReceiverStream::new(rx)).await?.into_inner();
-        Ok(Watch { _requests: requests, responses })
+        let open = || async {
+            let (requests, rx) = mpsc::channel(1);
+            // Cannot fail: the receiver is alive and the buffer empty.
+            let _ = requests.try_send(first.clone());
+            let mut responses = self.watch.clone().watch(ReceiverStream::new(rx)).await?.into_inner();
+            // etcd answers a create with a refused token by a cancelled watch,
+            // not a status: make it one, so that `authed` authenticates again.
+            let created = responses.message().await?;
+            if let Some(w) = created.as_ref().filter(|w| w.canceled && self.session.is_some()) {
+                if w.cancel_reason.contains("permission denied") {
+                    return Err(Status::unauthenticated(format!("watch refused: {}", w.cancel_reason)));
+                }
+            }
+            Ok::<_, Status>(Watch { _requests: requests, responses, created })
+        };
+        self.authed(open).await
     }
 
     /// Opens a keep-alive stream for lease `id` and restarts its TTL; `None`
     /// when the lease has ended (etcd answers TTL 0 and never renews it).
     pub(super) async fn keep_alive(&self, id: i64) -> Result<Option<KeepAlive>, CallError> {
-        let (requests, rx) = mpsc::channel(1);
-        let _ = requests.try_send(LeaseKeepAliveRequest { id });
-        let responses = self.lease.clone().lease_keep_alive(ReceiverStream::new(rx)).await?.into_inner();
+        let open = || async {
+            let (requests, rx) = mpsc::channel(1);
+            let _ = requests.try_send(LeaseKeepAliveRequest { id });
+            let responses = self.lease.clone().lease_keep_alive(ReceiverStream::new(rx)).await?.into_inner();
+            Ok::<_, Status>((requests, responses))
+        };
+        let (requests, responses) = self.authed(open).await?;
         let mut keeper = KeepAlive { id, requests, responses };
         match keeper.next().await? {
             resp if resp.ttl > 0 => Ok(Some(keeper)),
             _ => Ok(None),
         }
     }
+}
+
+/// A transport error (e.g. TLS settings that do not load) and its causes, in words.
+fn words(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
 }
 
 /// Which events a [`Watch`] leaves out.
@@ -207,11 +386,16 @@ pub(super) struct Watch {
     /// Kept open: etcd keeps a watch for as long as its request stream lives.
     _requests: mpsc::Sender<WatchRequest>,
     responses: Streaming<WatchResponse>,
+    /// etcd's first message (read when the watch was opened), until handed out.
+    created: Option<WatchResponse>,
 }
 
 impl Watch {
     /// The next message; `None` when etcd ended the stream.
     pub(super) async fn message(&mut self) -> Result<Option<WatchResponse>, CallError> {
+        if let Some(first) = self.created.take() {
+            return Ok(Some(first));
+        }
         Ok(self.responses.message().await?)
     }
 }

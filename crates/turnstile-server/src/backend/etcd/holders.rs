@@ -93,6 +93,12 @@ impl LocalLeases {
         }
     }
 
+    /// The number of leases recorded: granted or last renewed here, neither
+    /// released nor run out yet by this sidecar's count.
+    pub(super) fn len(&self) -> usize {
+        self.slots().len()
+    }
+
     /// The record of `(key, token)`, if this sidecar has one.
     fn lookup(&self, key: &str, token: u64) -> Option<Held> {
         self.slots().get(&(key.to_owned(), token)).map(|s| s.held.clone())

@@ -28,6 +28,10 @@
 //! - `batch`: concurrent write transactions on different keys sent to etcd
 //!   as one (group commit).
 //! - `inspect`: GetLock and ListLocks.
+//! - `secure`: TLS towards etcd (`--etcd-ca`, `--etcd-cert`, `--etcd-key`),
+//!   the credentials of `--etcd-user`, the start-up handshake check, and
+//!   etcd's failures in words. The auth token itself rides on every call
+//!   from `client` (an interceptor), fetched again when etcd refuses it.
 //!
 //! # Expiry
 //! A grant or renew promises its TTL counted from the moment the call began
@@ -63,6 +67,7 @@ mod inspect;
 mod layout;
 mod leases;
 pub mod proto;
+mod secure;
 
 use batch::Batcher;
 use client::{
@@ -135,12 +140,44 @@ struct EtcdLease {
     ttl: i64,
 }
 
+/// Why the etcd backend could not start: settings that cannot work (a TLS
+/// file that does not load, a certificate etcd does not take or that is not
+/// trusted, a wrong password), each named with its endpoint or flag.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectError(String);
+
+impl ConnectError {
+    fn new(reason: String) -> Self {
+        ConnectError(reason)
+    }
+}
+
+/// What a start-up check of one endpoint found wrong.
+enum Check {
+    /// Settings that will not work until they are changed.
+    Fatal(String),
+    /// etcd down or slow: calls answer UNAVAILABLE until it is back.
+    Transient(String),
+}
+
 impl EtcdBackend {
     /// Connects to the etcd endpoints of `config` and learns etcd's minimum
-    /// lease TTL. An unreachable etcd is not an error here: calls answer
-    /// UNAVAILABLE until it is reachable, and the connection recovers by itself.
-    pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Self, BackendError> {
+    /// lease TTL. Each endpoint is tried once: a TLS certificate that does
+    /// not fit, a wrong password, or an etcd that demands credentials none
+    /// were given for is an error naming the endpoint. An unreachable etcd is
+    /// not: calls answer UNAVAILABLE until it is reachable, and the
+    /// connection recovers by itself.
+    pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Self, ConnectError> {
         Self::connect_with_clock(config, metrics, Clock::new()).await
+    }
+
+    /// The leases this sidecar granted or last renewed and still counts as
+    /// live: not released, not run out by its own count. A lease renewed
+    /// through another sidecar stays counted here until the TTL this sidecar
+    /// promised runs out. The `turnstile_leases_held` gauge.
+    pub fn leases_held(&self) -> usize {
+        self.inner.local.len()
     }
 
     /// [`EtcdBackend::connect`] on a given clock (tests drive it with tokio's
@@ -149,11 +186,32 @@ impl EtcdBackend {
         config: &Config,
         metrics: Arc<Metrics>,
         clock: Clock,
-    ) -> Result<Self, BackendError> {
+    ) -> Result<Self, ConnectError> {
         let endpoints: Vec<&str> = config.etcd_endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()).collect();
-        let options = ConnectOptions { timeout: config.etcd_timeout, ping_interval: HTTP2_PING_INTERVAL };
-        let client = EtcdClient::new(&endpoints, options)
-            .map_err(|e| BackendError::Unavailable { reason: format!("etcd connect to {endpoints:?}: {e}") })?;
+        let options = ConnectOptions {
+            timeout: config.etcd_timeout,
+            ping_interval: HTTP2_PING_INTERVAL,
+            tls: secure::client_tls(config)?,
+            credentials: secure::Credentials::of(config)?,
+        };
+        if let (Some(c), None) = (&options.credentials, &options.tls) {
+            tracing::warn!(user = %c.user, "--etcd-user over http://: the password and etcd's token cross the network in the clear");
+        }
+        let layout = Layout::new(&config.etcd_prefix);
+        check_endpoints(&endpoints, &options, &layout, &config.etcd_prefix).await?;
+        let client = EtcdClient::new(&endpoints, &options).map_err(|e| ConnectError::new(e.to_string()))?;
+        if let Some(c) = &options.credentials {
+            match tokio::time::timeout(config.etcd_timeout, client.authenticate()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e @ CallError::Authenticate { .. })) => return Err(ConnectError::new(format!("etcd: {e}"))),
+                Ok(Err(e)) => {
+                    tracing::warn!(user = %c.user, "cannot authenticate to etcd yet ({e}); retrying at each call")
+                }
+                Err(_) => {
+                    tracing::warn!(user = %c.user, "cannot authenticate to etcd yet (no answer); retrying at each call")
+                }
+            }
+        }
         let config_min = ceil_secs(config.min_ttl).max(1);
         let etcd_min = match probe_min_ttl(&client, config.etcd_timeout).await {
             Ok(min) => min,
@@ -168,7 +226,7 @@ impl EtcdBackend {
         let inner = Inner {
             batcher: Batcher::start(client.clone(), config.etcd_timeout),
             client,
-            layout: Layout::new(&config.etcd_prefix),
+            layout,
             timeout: config.etcd_timeout,
             min_ttl_secs,
             max_ttl_secs: i64::try_from(config.max_ttl.as_secs()).unwrap_or(i64::MAX).max(min_ttl_secs),
@@ -307,6 +365,73 @@ impl Inner {
         let (first, count) = head.of(&resp);
         Ok((first, count, resp.revision))
     }
+}
+
+/// Tries each endpoint once, on a connection of its own: authenticates
+/// (with credentials) and reads the prefix. Settings that cannot work are an
+/// error naming the endpoint; an endpoint that does not answer is logged.
+async fn check_endpoints(
+    endpoints: &[&str],
+    options: &ConnectOptions,
+    layout: &Layout,
+    prefix: &str,
+) -> Result<(), ConnectError> {
+    let (start, end) = layout.list_range("", None);
+    let checks: Vec<_> = endpoints
+        .iter()
+        .map(|&e| {
+            let (e, options, prefix) = (e.to_owned(), options.clone(), prefix.to_owned());
+            let probe = Get::range(start.clone(), end.clone()).count_only();
+            tokio::spawn(async move {
+                let check = check_endpoint(&e, &options, probe, &prefix).await;
+                (e, check)
+            })
+        })
+        .collect();
+    for check in checks {
+        match check.await {
+            Ok((_, Ok(()))) => {}
+            Ok((e, Err(Check::Fatal(reason)))) => return Err(ConnectError::new(format!("etcd {e}: {reason}"))),
+            Ok((e, Err(Check::Transient(reason)))) => {
+                tracing::warn!(endpoint = %e, "etcd does not answer yet: {reason}; calls answer UNAVAILABLE until it does")
+            }
+            Err(join) => return Err(ConnectError::new(format!("checking the etcd endpoints: {join}"))),
+        }
+    }
+    Ok(())
+}
+
+async fn check_endpoint(endpoint: &str, options: &ConnectOptions, probe: Get, prefix: &str) -> Result<(), Check> {
+    if let (Some(tls), true) = (&options.tls, endpoint.to_ascii_lowercase().starts_with("https://")) {
+        match secure::check_handshake(endpoint, tls, options.timeout).await {
+            Ok(()) => {}
+            Err(Some(words)) => return Err(Check::Fatal(words)),
+            // Unreachable: the gRPC call below says how.
+            Err(None) => {}
+        }
+    }
+    let client = EtcdClient::new(&[endpoint], options).map_err(|e| Check::Fatal(e.to_string()))?;
+    let check = async {
+        client.authenticate().await?;
+        client.get(probe).await
+    };
+    let err = match tokio::time::timeout(options.timeout, check).await {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(e)) => e,
+        Err(_) => return Err(Check::Transient(format!("no answer within {:?}", options.timeout))),
+    };
+    let user = options.credentials.as_ref().map(|c| c.user.as_str());
+    Err(match (&err, user) {
+        (CallError::Authenticate { .. }, _) => Check::Fatal(err.to_string()),
+        (CallError::Status(s), _) if secure::tls_failure(s).is_some() => Check::Fatal(err.to_string()),
+        (CallError::Status(s), None) if s.message().contains("user name is empty") => Check::Fatal(
+            "etcd has authentication enabled: give --etcd-user and its password (--etcd-password-file)".into(),
+        ),
+        (CallError::Status(s), Some(user)) if s.code() == tonic::Code::PermissionDenied => Check::Fatal(format!(
+            "etcd user {user:?} may not read the prefix {prefix:?}: grant its role readwrite on it"
+        )),
+        _ => Check::Transient(err.to_string()),
+    })
 }
 
 /// etcd's shortest lease TTL: it raises a 1 s request to it.
