@@ -66,8 +66,9 @@ pub struct Metrics {
     /// From the end of a lease (release or expiry) to the next waiter's
     /// handler holding the grant.
     pub handoff_seconds: Histogram,
-    /// How long leases were held: from the grant to the release or expiry
-    /// (memory backend; on etcd, leases this sidecar granted and released).
+    /// How long leases were held: from the grant to the release, expiry or
+    /// force release. Memory backend only: an etcd lease ends in etcd, where
+    /// no one sidecar sees both its grant and its end.
     pub hold_seconds: Histogram,
     /// Leases held now (set at scrape time).
     pub leases_held: Gauge,
