@@ -84,7 +84,7 @@ pub struct Config {
 
     /// Waiters parked at once across all keys (each costs a few KiB: its call, its
     /// stream, its queue entry); one more gets RESOURCE_EXHAUSTED (TOO_MANY_WAITERS).
-    #[arg(long, env = "TURNSTILE_MAX_WAITERS", default_value_t = 50_000)]
+    #[arg(long, env = "TURNSTILE_MAX_WAITERS", default_value_t = 20_000)]
     pub max_waiters: usize,
 
     /// Leases held at once across all keys; one more gets RESOURCE_EXHAUSTED.
@@ -116,6 +116,10 @@ pub struct Config {
     /// a shared result waits for room, a ListLocks call is shed (RESOURCE_EXHAUSTED).
     #[arg(long, env = "TURNSTILE_MAX_RESPONSE_BYTES_IN_FLIGHT", default_value_t = 64 * 1024 * 1024)]
     pub max_response_bytes_in_flight: usize,
+
+    /// gRPC connections open at once; more wait in the listen backlog until one closes.
+    #[arg(long, env = "TURNSTILE_MAX_CONNECTIONS", default_value_t = 1000)]
+    pub max_connections: usize,
 
     /// A connection with no call in progress for this long is closed (0: never).
     #[arg(long, env = "TURNSTILE_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
@@ -228,6 +232,9 @@ impl Config {
         }
         if self.max_concurrent_streams == 0 {
             return err("max-concurrent-streams", "must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return err("max-connections", "must be at least 1");
         }
         if self.max_concurrent_calls == 0 {
             return err("max-concurrent-calls", "must be at least 1");
@@ -350,9 +357,10 @@ mod tests {
         assert_eq!(c.max_waiters_per_key, 10_000);
         assert_eq!(c.max_leases, 10_000_000);
         assert_eq!(c.max_result_bytes, 1 << 20);
-        assert_eq!(c.max_waiters, 50_000);
+        assert_eq!(c.max_waiters, 20_000);
         assert_eq!(c.max_concurrent_streams, 100);
         assert_eq!(c.max_concurrent_calls, 1024);
+        assert_eq!(c.max_connections, 1000);
         assert_eq!(c.max_response_bytes_in_flight, 64 << 20);
         assert_eq!(c.idle_timeout, Duration::from_secs(300));
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));

@@ -6,6 +6,10 @@
 //!   and is logged once per [`ACCEPT_LOG_EVERY`] with how many failed since.
 //! - **Handshake timeout.** A connection must finish its handshake (TLS, when
 //!   configured) and send its first bytes within `--handshake-timeout`.
+//! - **Connections are bounded** (`--max-connections`): at the limit the
+//!   loop stops accepting, and new connections wait in the listen backlog
+//!   until one closes. Each costs a few hundred KiB at most (HTTP/2 state,
+//!   its streams' calls), so their number bounds the server's memory.
 //! - **Idle timeout.** A connection with no call in progress for
 //!   `--idle-timeout` is closed. Calls are counted by [`crate::call::CallLayer`]
 //!   through the [`ConnInfo`] tonic puts in every request's extensions.
@@ -21,6 +25,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
@@ -34,9 +39,11 @@ pub const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Connections accepted and ready, waiting for tonic to take them.
 const QUEUE: usize = 64;
 
-/// How long connections may stay quiet.
+/// How many connections there may be, and how long they may stay quiet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnTimeouts {
+    /// Connections open at once (`--max-connections`); more wait in the backlog.
+    pub max_connections: usize,
     /// Handshake (TLS, when configured) and first bytes must come within this long.
     pub handshake: Duration,
     /// A connection without a call in progress is closed after this long (`None`: never).
@@ -114,6 +121,8 @@ pub struct Conn<IO> {
     heard: AtomicBool,
     accepted: Instant,
     timer: Pin<Box<Sleep>>,
+    /// Its place among `--max-connections`, given back when it closes.
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl<IO> std::fmt::Debug for Conn<IO> {
@@ -125,6 +134,16 @@ impl<IO> std::fmt::Debug for Conn<IO> {
 impl<IO> Conn<IO> {
     /// Wraps `io`, accepted at `accepted` from the connection `tcp`.
     pub fn new(io: IO, tcp: TcpConnectInfo, timeouts: ConnTimeouts, accepted: Instant) -> Self {
+        Self::with_slot(io, tcp, timeouts, accepted, None)
+    }
+
+    fn with_slot(
+        io: IO,
+        tcp: TcpConnectInfo,
+        timeouts: ConnTimeouts,
+        accepted: Instant,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Self {
         Conn {
             io,
             tcp,
@@ -133,6 +152,7 @@ impl<IO> Conn<IO> {
             heard: AtomicBool::new(false),
             accepted,
             timer: Box::pin(tokio::time::sleep_until(accepted + timeouts.handshake)),
+            _slot: slot,
         }
     }
 
@@ -248,7 +268,28 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
     tokio::spawn(async move {
         let mut errors = AcceptErrors::default();
+        let slots = Arc::new(Semaphore::new(timeouts.max_connections.max(1)));
+        let mut full_logged: Option<Instant> = None;
         loop {
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    if full_logged.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
+                        tracing::warn!(
+                            max = timeouts.max_connections,
+                            "--max-connections connections are open: new ones wait in the listen backlog until one closes"
+                        );
+                        full_logged = Some(Instant::now());
+                    }
+                    tokio::select! {
+                        () = tx.closed() => return,
+                        slot = slots.clone().acquire_owned() => match slot {
+                            Ok(slot) => slot,
+                            Err(_) => return,
+                        },
+                    }
+                }
+            };
             let accepted = tokio::select! {
                 () = tx.closed() => return,
                 a = listener.accept() => a,
@@ -270,7 +311,7 @@ where
             tokio::spawn(async move {
                 match tokio::time::timeout_at(at + timeouts.handshake, ready).await {
                     Ok(Some(io)) => {
-                        let _ = tx.send(Ok(Conn::new(io, info, timeouts, at))).await;
+                        let _ = tx.send(Ok(Conn::with_slot(io, info, timeouts, at, Some(slot)))).await;
                     }
                     Ok(None) => {}
                     Err(_) => tracing::debug!(%peer, "handshake timed out"),

@@ -157,8 +157,11 @@ pub async fn run_secured<B: Backend>(
     let grpc_stopped = async {
         let _ = grpc_stopped.await;
     };
-    let timeouts =
-        crate::listen::ConnTimeouts { handshake: config.handshake_timeout, idle: nonzero(config.idle_timeout) };
+    let timeouts = crate::listen::ConnTimeouts {
+        max_connections: config.max_connections,
+        handshake: config.handshake_timeout,
+        idle: nonzero(config.idle_timeout),
+    };
     let mut grpc_task = match &security.tls {
         None => {
             tokio::spawn(router.serve_with_incoming_shutdown(crate::listen::plaintext(grpc, timeouts), grpc_stopped))

@@ -486,3 +486,27 @@ async fn half_open_connections_are_closed_by_keepalive_and_their_waiters_leave()
     assert!(start.elapsed() >= Duration::from_secs(10), "closed after {:?}", start.elapsed());
     await_waiters(&mut c, "held", 0).await;
 }
+
+/// Past --max-connections, new connections wait in the listen backlog,
+/// unserved, until an open one closes.
+#[tokio::test(start_paused = true)]
+async fn connections_past_the_limit_wait_until_one_closes() {
+    let s = serve(&["--max-connections", "2"]).await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut h2 = s.raw(65_535).await;
+        let (resp, _send) = start_call(&mut h2, "GetLock", &v1::GetLockRequest { key: "k".into() });
+        assert!(header_status(&resp.await.expect("served")).is_none());
+        open.push(h2);
+    }
+    let mut third = s.raw(65_535).await;
+    let (resp, _send) = start_call(&mut third, "GetLock", &v1::GetLockRequest { key: "k".into() });
+    let mut resp = Box::pin(resp);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), &mut resp).await.is_err(),
+        "a third connection was served while two are open"
+    );
+    drop(open.remove(0));
+    let r = tokio::time::timeout(Duration::from_secs(60), resp).await.expect("served once one closed");
+    assert!(header_status(&r.expect("answered")).is_none());
+}
