@@ -12,6 +12,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("turnstile_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // Shared results as `bytes::Bytes`: one result handed to many waiters
+        // is shared by reference, not copied once per waiter.
+        .bytes(".turnstile.v1.AcquireResponse.shared_result")
+        .bytes(".turnstile.v1.ReleaseRequest.result")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -96,7 +96,7 @@ fn request_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "release-result",
-            v1::ReleaseRequest { key: "cache:user:7".into(), fencing_token: 3, result: Some(b"{\"v\":1}".to_vec()) }
+            v1::ReleaseRequest { key: "cache:user:7".into(), fencing_token: 3, result: Some(b"{\"v\":1}".to_vec().into()) }
                 .encode_to_vec(),
         ),
         ("release-token-0", v1::ReleaseRequest { key: "k".into(), fencing_token: 0, result: None }.encode_to_vec()),

@@ -186,7 +186,7 @@ impl Client {
                 Err(e) => return Err(e),
             };
             if let Some(result) = resp.shared_result {
-                return Ok(Acquired::Shared(result));
+                return Ok(Acquired::Shared(result.to_vec()));
             }
             if resp.acquired {
                 let lease = resp.lease.ok_or(Error::Protocol { what: "acquired without a lease" })?;

@@ -231,7 +231,7 @@ impl Inner {
     /// Ends the lease `(key, token)`, optionally handing `result` to sharing
     /// waiters. `Ok(false)`: it had already ended.
     pub(crate) async fn release(&self, key: &str, token: u64, result: Option<Vec<u8>>) -> Result<bool, Error> {
-        let msg = v1::ReleaseRequest { key: key.to_owned(), fencing_token: token, result };
+        let msg = v1::ReleaseRequest { key: key.to_owned(), fencing_token: token, result: result.map(Into::into) };
         let deadline = Instant::now() + self.call_timeout;
         let mut maybe_done = false;
         let resp = self

@@ -20,6 +20,21 @@
 //!   `OUT_OF_RANGE` before any handler runs; docs/design.md answers every
 //!   limit breach with `RESOURCE_EXHAUSTED`, so it is answered that way here,
 //!   naming the call that was too large (and, for a Release, its `result`).
+//! - **Calls in progress are bounded** (`--max-concurrent-calls`, across all
+//!   connections): one more is shed at once with `RESOURCE_EXHAUSTED`
+//!   (`OVERLOADED`, with a `RetryInfo`). Release and Renew are never counted
+//!   nor shed, so a lock can always be freed and kept; health checks neither.
+//!   An Acquire that waits gives its place back before it parks ([`CallSlot`]):
+//!   parked waiters are bounded by `--max-waiters` instead, and never crowd
+//!   out short calls. A call holds its place until its response has ended.
+//! - **Large responses in flight are bounded** ([`ResponseBudget`],
+//!   `--max-response-bytes-in-flight`): a handler reserves the bytes of a
+//!   shared result or a ListLocks page, and the reservation ([`ResponseHold`])
+//!   is held until the response body has been handed to the connection to
+//!   its end, or dropped. So however many responses a client leaves unread,
+//!   at most that many bytes of them are encoded at once.
+//! - **A connection's calls are counted** for its idle timeout
+//!   ([`crate::listen`]): from the request until the response body ends.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -27,6 +42,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body::{Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::codegen::http::{HeaderValue, Request, Response};
@@ -108,10 +124,95 @@ impl Drop for Armed {
     }
 }
 
-/// The [`tower::Layer`] of this module: deadlines, take-backs, size refusals.
-#[derive(Debug, Clone, Copy)]
+/// A short call's place among `--max-concurrent-calls`, in the request's
+/// extensions. An Acquire that is about to park gives it back ([`CallSlot::release`]).
+#[derive(Debug, Clone)]
+pub struct CallSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl CallSlot {
+    /// Gives the place back now (the call goes on, uncounted).
+    pub fn release(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+/// Whether `path` is never counted against nor shed by the concurrency
+/// limit: Release and Renew (locks must always be freed and kept) and health.
+fn never_shed(path: &str) -> bool {
+    matches!(path, "/turnstile.v1.LockService/Release" | "/turnstile.v1.LockService/Renew")
+        || path.starts_with("/grpc.health.v1.Health/")
+}
+
+/// Room for the bytes of large responses in flight, across all connections
+/// (`--max-response-bytes-in-flight`).
+#[derive(Debug, Clone)]
+pub struct ResponseBudget {
+    room: Arc<Semaphore>,
+    total: usize,
+}
+
+impl ResponseBudget {
+    /// A budget of `total` bytes (at most `u32::MAX`).
+    pub fn new(total: usize) -> Self {
+        let total = total.clamp(1, u32::MAX as usize);
+        ResponseBudget { room: Arc::new(Semaphore::new(total)), total }
+    }
+
+    /// The budget's size.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Bytes free now.
+    pub fn available(&self) -> usize {
+        self.room.available_permits()
+    }
+
+    fn permits(&self, bytes: usize) -> u32 {
+        // A response larger than the whole budget waits for all of it.
+        u32::try_from(bytes.clamp(1, self.total)).unwrap_or(u32::MAX)
+    }
+
+    /// Waits (first come, first served) until `bytes` are free, and reserves them.
+    pub async fn reserve(&self, bytes: usize) -> ResponseHold {
+        let permit = self.room.clone().acquire_many_owned(self.permits(bytes)).await.ok();
+        ResponseHold(Arc::new(Mutex::new(permit)))
+    }
+
+    /// Reserves `bytes` if they are free now.
+    pub fn try_reserve(&self, bytes: usize) -> Option<ResponseHold> {
+        let permit = self.room.clone().try_acquire_many_owned(self.permits(bytes)).ok()?;
+        Some(ResponseHold(Arc::new(Mutex::new(Some(permit)))))
+    }
+}
+
+/// Bytes of a [`ResponseBudget`] reserved for one response. Put it in the
+/// response's extensions: [`CallLayer`] holds it until the body has ended.
+#[derive(Debug, Clone)]
+pub struct ResponseHold(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl ResponseHold {
+    /// Gives back what is reserved beyond `bytes`.
+    pub fn shrink_to(&self, bytes: usize) {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = held.as_mut() {
+            let excess = p.num_permits().saturating_sub(bytes.max(1));
+            drop(p.split(excess));
+        }
+    }
+
+    /// Bytes reserved.
+    pub fn bytes(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map_or(0, |p| p.num_permits())
+    }
+}
+
+/// The [`tower::Layer`] of this module: deadlines, take-backs, size
+/// refusals, the concurrency limit, and what a response holds until it ends.
+#[derive(Debug, Clone)]
 pub struct CallLayer {
     limits: SizeLimits,
+    calls: Option<(Arc<Semaphore>, usize)>,
 }
 
 /// What a too-large request is told.
@@ -125,7 +226,14 @@ impl CallLayer {
     /// A layer for a server whose Release results may be `max_result` bytes
     /// and whose requests may be `max_request` bytes in all.
     pub fn new(max_result: usize, max_request: usize) -> Self {
-        CallLayer { limits: SizeLimits { max_result, max_request } }
+        CallLayer { limits: SizeLimits { max_result, max_request }, calls: None }
+    }
+
+    /// At most `max` calls in progress at once (Release, Renew and health
+    /// not counted); one more is shed with `RESOURCE_EXHAUSTED`.
+    pub fn with_max_calls(mut self, max: usize) -> Self {
+        self.calls = Some((Arc::new(Semaphore::new(max)), max));
+        self
     }
 }
 
@@ -133,7 +241,7 @@ impl<S> tower::Layer<S> for CallLayer {
     type Service = CallService<S>;
 
     fn layer(&self, inner: S) -> CallService<S> {
-        CallService { inner, limits: self.limits }
+        CallService { inner, limits: self.limits, calls: self.calls.clone() }
     }
 }
 
@@ -142,6 +250,7 @@ impl<S> tower::Layer<S> for CallLayer {
 pub struct CallService<S> {
     inner: S,
     limits: SizeLimits,
+    calls: Option<(Arc<Semaphore>, usize)>,
 }
 
 impl<S, B> Service<Request<B>> for CallService<S>
@@ -165,6 +274,23 @@ where
             req.extensions_mut().insert(CallDeadline(d));
         }
         let method = req.uri().path().to_owned();
+        let active = req.extensions().get::<crate::listen::ConnInfo>().map(|c| c.activity.call());
+        let slot = match &self.calls {
+            Some((room, max)) if !never_shed(&method) => match room.clone().try_acquire_owned() {
+                Ok(permit) => Some(CallSlot(Arc::new(Mutex::new(Some(permit))))),
+                Err(_) => {
+                    let shed = crate::error::overloaded(*max).into_http();
+                    return Box::pin(async move {
+                        drop(active);
+                        Ok(shed)
+                    });
+                }
+            },
+            _ => None,
+        };
+        if let Some(s) = &slot {
+            req.extensions_mut().insert(s.clone());
+        }
         let limits = self.limits;
         let call = self.inner.call(req);
         Box::pin(async move {
@@ -181,7 +307,8 @@ where
                     }
                 },
             };
-            Ok(guard_delivery(undecodable_is_invalid(too_large_is_exhausted(res, &method, limits))))
+            let holds = Holds { active, slot, bytes: None };
+            Ok(guard_delivery(undecodable_is_invalid(too_large_is_exhausted(res, &method, limits)), holds))
         })
     }
 }
@@ -268,16 +395,35 @@ fn request_field(field: &str) -> &'static str {
     FIELDS.into_iter().find(|f| *f == field).unwrap_or("request")
 }
 
-/// Watches the body of a response that carries a [`TakeBack`].
-fn guard_delivery(mut res: Response<Body>) -> Response<Body> {
-    let Some(take_back) = res.extensions_mut().remove::<TakeBack>() else { return res };
-    res.map(|body| Body::new(Delivered { inner: body, armed: Armed(Some(take_back)) }))
+/// What a call holds until its response body has ended (or is dropped).
+#[derive(Debug, Default)]
+struct Holds {
+    /// Counted among its connection's calls.
+    active: Option<crate::listen::ActiveCall>,
+    /// Its place among `--max-concurrent-calls`.
+    slot: Option<CallSlot>,
+    /// Its bytes of the [`ResponseBudget`].
+    bytes: Option<ResponseHold>,
 }
 
-/// A response body that disarms its take-back once sent to the end.
+/// Watches the body of a response: a [`TakeBack`] runs unless it is sent
+/// to its end, and `holds` (with a [`ResponseHold`] of the response) are
+/// given back when it ends.
+fn guard_delivery(mut res: Response<Body>, mut holds: Holds) -> Response<Body> {
+    let take_back = res.extensions_mut().remove::<TakeBack>();
+    holds.bytes = res.extensions_mut().remove::<ResponseHold>();
+    if take_back.is_none() && holds.active.is_none() && holds.slot.is_none() && holds.bytes.is_none() {
+        return res;
+    }
+    res.map(|body| Body::new(Delivered { inner: body, armed: Armed(take_back), holds: Some(holds) }))
+}
+
+/// A response body that disarms its take-back once sent to the end, and
+/// gives back what its call holds when it ends.
 struct Delivered {
     inner: Body,
     armed: Armed,
+    holds: Option<Holds>,
 }
 
 impl http_body::Body for Delivered {
@@ -296,6 +442,7 @@ impl http_body::Body for Delivered {
             if let Some(t) = self.armed.0.take() {
                 t.disarm();
             }
+            self.holds = None;
         }
         polled
     }
@@ -409,7 +556,7 @@ mod tests {
     fn with_take_back(body: Body, t: TakeBack) -> Response<Body> {
         let mut res = Response::new(body);
         res.extensions_mut().insert(t);
-        guard_delivery(res)
+        guard_delivery(res, Holds::default())
     }
 
     #[tokio::test]

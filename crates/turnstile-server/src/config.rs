@@ -110,6 +110,11 @@ pub struct Config {
     #[arg(long, env = "TURNSTILE_MAX_WAITERS_PER_KEY", default_value_t = 10_000)]
     pub max_waiters_per_key: usize,
 
+    /// Waiters parked at once across all keys (each costs a few KiB: its call, its
+    /// stream, its queue entry); one more gets RESOURCE_EXHAUSTED (TOO_MANY_WAITERS).
+    #[arg(long, env = "TURNSTILE_MAX_WAITERS", default_value_t = 20_000)]
+    pub max_waiters: usize,
+
     /// Leases held at once across all keys; one more gets RESOURCE_EXHAUSTED.
     #[arg(long, env = "TURNSTILE_MAX_LEASES", default_value_t = 10_000_000)]
     pub max_leases: usize,
@@ -122,6 +127,45 @@ pub struct Config {
     /// half the time the call has left, so that a grant still reaches the client in time.
     #[arg(long, env = "TURNSTILE_DEADLINE_MARGIN", default_value = "50ms", value_parser = parse_duration)]
     pub deadline_margin: Duration,
+
+    /// Concurrent HTTP/2 streams (calls) one connection may open; the client is told
+    /// in SETTINGS and more are refused by HTTP/2 (REFUSED_STREAM).
+    #[arg(long, env = "TURNSTILE_MAX_CONCURRENT_STREAMS", default_value_t = 100)]
+    pub max_concurrent_streams: u32,
+
+    /// Calls in progress at once across all connections, parked waiters, Release and
+    /// Renew not counted (a release must always get through); more are shed at once
+    /// with RESOURCE_EXHAUSTED (OVERLOADED).
+    #[arg(long, env = "TURNSTILE_MAX_CONCURRENT_CALLS", default_value_t = 1024)]
+    pub max_concurrent_calls: usize,
+
+    /// Bytes of large responses (shared results, ListLocks pages) that may be in flight
+    /// at once, from the handler until their last byte is handed to the connection:
+    /// a shared result waits for room, a ListLocks call is shed (RESOURCE_EXHAUSTED).
+    #[arg(long, env = "TURNSTILE_MAX_RESPONSE_BYTES_IN_FLIGHT", default_value_t = 64 * 1024 * 1024)]
+    pub max_response_bytes_in_flight: usize,
+
+    /// gRPC connections open at once; more wait in the listen backlog until one closes.
+    #[arg(long, env = "TURNSTILE_MAX_CONNECTIONS", default_value_t = 1000)]
+    pub max_connections: usize,
+
+    /// A connection with no call in progress for this long is closed (0: never).
+    #[arg(long, env = "TURNSTILE_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// A new connection must complete its TLS handshake and send its first bytes
+    /// within this long, or it is closed.
+    #[arg(long, env = "TURNSTILE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// HTTP/2 PING sent on a connection after this long without frames from the client (0: never).
+    #[arg(long, env = "TURNSTILE_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// A PING not acknowledged within this long closes the connection (a half-open
+    /// one): its calls end and its waiters leave their queues.
+    #[arg(long, env = "TURNSTILE_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http2_keepalive_timeout: Duration,
 
     /// Lock-table shards of the memory backend (each behind its own mutex, with its own expiry timer).
     #[arg(long, env = "TURNSTILE_SHARDS", default_value_t = 64)]
@@ -210,6 +254,24 @@ impl Config {
         }
         if self.max_waiters_per_key == 0 {
             return err("max-waiters-per-key", "must be at least 1");
+        }
+        if self.max_waiters == 0 {
+            return err("max-waiters", "must be at least 1");
+        }
+        if self.max_concurrent_streams == 0 {
+            return err("max-concurrent-streams", "must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return err("max-connections", "must be at least 1");
+        }
+        if self.max_concurrent_calls == 0 {
+            return err("max-concurrent-calls", "must be at least 1");
+        }
+        if self.max_response_bytes_in_flight < 64 * 1024 {
+            return err("max-response-bytes-in-flight", "must be at least 64 KiB");
+        }
+        if self.handshake_timeout.is_zero() {
+            return err("handshake-timeout", "must be greater than zero");
         }
         if self.max_leases == 0 {
             return err("max-leases", "must be at least 1");
@@ -354,6 +416,16 @@ mod tests {
         assert_eq!(c.max_waiters_per_key, 10_000);
         assert_eq!(c.max_leases, 10_000_000);
         assert_eq!(c.max_result_bytes, 1 << 20);
+        assert_eq!(c.max_waiters, 20_000);
+        assert_eq!(c.max_concurrent_streams, 100);
+        assert_eq!(c.max_concurrent_calls, 1024);
+        assert_eq!(c.max_connections, 1000);
+        assert_eq!(c.max_response_bytes_in_flight, 64 << 20);
+        assert_eq!(c.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.http2_keepalive_interval, Duration::from_secs(30));
+        assert_eq!(c.http2_keepalive_timeout, Duration::from_secs(10));
+
         assert!(c.validate().is_ok());
     }
 

@@ -22,6 +22,12 @@ pub enum BackendError {
     /// A limit of the lock table, a missing lease, or recovery in progress.
     #[error(transparent)]
     Core(#[from] CoreError),
+    /// `--max-waiters` waiters are parked across all keys already.
+    #[error("{limit} waiters are parked already across all keys (max waiters)")]
+    TooManyWaiters {
+        /// The configured maximum.
+        limit: usize,
+    },
     /// A result larger than `--max-result-bytes`; the release did not happen.
     #[error("result is {size} bytes, more than the maximum of {limit} bytes (max result bytes)")]
     ResultTooLarge {
@@ -50,6 +56,7 @@ impl BackendError {
         match self {
             BackendError::Core(CoreError::TooManyWaiters { .. }) => "too_many_waiters",
             BackendError::Core(CoreError::TooManyLeases { .. }) => "too_many_leases",
+            BackendError::TooManyWaiters { .. } => "too_many_waiters",
             BackendError::Core(CoreError::LeaseNotFound { .. }) => "not_found",
             BackendError::Core(CoreError::Recovering { .. }) => "recovering",
             BackendError::ResultTooLarge { .. } => "result_too_large",
@@ -100,6 +107,12 @@ impl From<BackendError> for Status {
                 "TOO_MANY_WAITERS",
                 &[("key", key.clone()), ("limit", limit.to_string())],
             ),
+            BackendError::TooManyWaiters { limit } => status_with_info(
+                Code::ResourceExhausted,
+                message,
+                "TOO_MANY_WAITERS",
+                &[("scope", "all keys".into()), ("limit", limit.to_string())],
+            ),
             BackendError::Core(CoreError::TooManyLeases { limit }) => {
                 status_with_info(Code::ResourceExhausted, message, "TOO_MANY_LEASES", &[("limit", limit.to_string())])
             }
@@ -134,6 +147,21 @@ impl From<BackendError> for Status {
             BackendError::Persist(_) => status_with_info(Code::Unavailable, message, "STATE_NOT_WRITABLE", &[]),
         }
     }
+}
+
+/// A call shed because `limit` calls are in progress already
+/// (`--max-concurrent-calls`): `RESOURCE_EXHAUSTED`, reason `OVERLOADED`,
+/// with a `RetryInfo`. Nothing was done.
+pub fn overloaded(limit: usize) -> Status {
+    let mut details = info("OVERLOADED", &[("limit", limit.to_string())]);
+    details.set_retry_info(Some(Duration::from_millis(100)));
+    status_with_details(
+        Code::ResourceExhausted,
+        format!(
+            "turnstiled is overloaded: {limit} calls are in progress already (max concurrent calls); nothing was done, retry shortly"
+        ),
+        details,
+    )
 }
 
 /// Whole seconds, rounded up, so "0 seconds left" is never said while waiting.

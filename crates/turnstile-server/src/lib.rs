@@ -28,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod listen;
 pub mod security;
 pub mod server;
 pub mod service;

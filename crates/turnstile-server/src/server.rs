@@ -14,7 +14,6 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use turnstile_proto::v1::lock_service_server::LockServiceServer;
 
 use crate::backend::Backend;
@@ -27,6 +26,11 @@ use crate::validate::Limits;
 
 /// Decoding room for a request beyond its result: key, owner and framing.
 const REQUEST_OVERHEAD: usize = 64 * 1024;
+
+/// HTTP/2 flow-control windows the server grants each stream and each
+/// connection: what a client may send before the server reads it.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 
 /// How long graceful shutdown waits for in-flight calls.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,14 +134,25 @@ pub async fn run_secured<B: Backend>(
     let decode_limit = config.max_result_bytes + REQUEST_OVERHEAD;
     let service = LockServiceImpl::new(backend.clone(), limits, metrics.clone())
         .with_deadline_margin(config.deadline_margin)
+        .with_response_budget(crate::call::ResponseBudget::new(config.max_response_bytes_in_flight))
         .with_access(security.access.clone());
     let lock_service = LockServiceServer::new(service)
         // Room for the largest result plus the rest of the request.
         .max_decoding_message_size(decode_limit);
 
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
     let router = tonic::transport::Server::builder()
-        .layer(crate::call::CallLayer::new(config.max_result_bytes, decode_limit))
+        // tonic leaves the number of streams unlimited unless told.
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keepalive_interval(nonzero(config.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
+        .layer(
+            crate::call::CallLayer::new(config.max_result_bytes, decode_limit)
+                .with_max_calls(config.max_concurrent_calls),
+        )
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -145,13 +160,18 @@ pub async fn run_secured<B: Backend>(
     let grpc_stopped = async {
         let _ = grpc_stopped.await;
     };
+    let timeouts = crate::listen::ConnTimeouts {
+        max_connections: config.max_connections,
+        handshake: config.handshake_timeout,
+        idle: nonzero(config.idle_timeout),
+    };
     let mut grpc_task = match &security.tls {
-        None => tokio::spawn(
-            router.serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), grpc_stopped),
-        ),
-        Some(tls) => {
-            tokio::spawn(router.serve_with_incoming_shutdown(crate::tls::incoming(grpc, tls.clone()), grpc_stopped))
+        None => {
+            tokio::spawn(router.serve_with_incoming_shutdown(crate::listen::plaintext(grpc, timeouts), grpc_stopped))
         }
+        Some(tls) => tokio::spawn(
+            router.serve_with_incoming_shutdown(crate::tls::incoming(grpc, tls.clone(), timeouts), grpc_stopped),
+        ),
     };
 
     let state = Arc::new(Http { backend: backend.clone(), metrics, leases_held, serving: AtomicBool::new(true) });

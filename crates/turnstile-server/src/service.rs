@@ -11,7 +11,7 @@ use turnstile_proto::v1::{self, lock_service_server::LockService};
 
 use crate::auth::{self, Access, Verb};
 use crate::backend::{AcquireOutcome, Backend};
-use crate::call::{CallDeadline, TakeBack};
+use crate::call::{CallDeadline, CallSlot, ResponseBudget, ResponseHold, TakeBack};
 use crate::convert::lock_info;
 use crate::error::BackendError;
 use crate::telemetry::Metrics;
@@ -24,7 +24,12 @@ pub struct LockServiceImpl<B> {
     metrics: Arc<Metrics>,
     deadline_margin: Duration,
     access: Access,
+    budget: Option<ResponseBudget>,
 }
+
+/// The most a `LockInfo` of a ListLocks page takes encoded: a key of 512
+/// bytes, an owner of 256, and the rest of its fields and framing.
+const MAX_LOCK_INFO_BYTES: usize = 512 + 256 + 64;
 
 /// Default of [`LockServiceImpl::with_deadline_margin`] (`--deadline-margin`).
 pub const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_millis(50);
@@ -32,7 +37,21 @@ pub const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 impl<B: Backend> LockServiceImpl<B> {
     /// A service answering from `backend` with the given validation limits.
     pub fn new(backend: Arc<B>, limits: Limits, metrics: Arc<Metrics>) -> Self {
-        LockServiceImpl { backend, limits, metrics, deadline_margin: DEFAULT_DEADLINE_MARGIN, access: Access::Open }
+        LockServiceImpl {
+            backend,
+            limits,
+            metrics,
+            deadline_margin: DEFAULT_DEADLINE_MARGIN,
+            access: Access::Open,
+            budget: None,
+        }
+    }
+
+    /// Bounds the bytes of large responses in flight (shared results,
+    /// ListLocks pages) by `budget` (default: unbounded).
+    pub fn with_response_budget(mut self, budget: ResponseBudget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// How long before the call's own deadline (`grpc-timeout`) a wait ends,
@@ -120,7 +139,7 @@ impl<B: Backend> LockServiceImpl<B> {
             AcquireOutcome::Shared { result, current } => (
                 v1::AcquireResponse {
                     current: Some(lock_info(&current)),
-                    shared_result: Some(result.to_vec()),
+                    shared_result: Some(result),
                     ..Default::default()
                 },
                 None,
@@ -209,12 +228,30 @@ impl<B: Backend> LockService for LockServiceImpl<B> {
         let started = Instant::now();
         self.authorize(started, "Acquire", &request, Verb::Lock, &request.get_ref().key)?;
         let deadline = request.extensions().get::<CallDeadline>().copied();
+        if request.get_ref().wait_timeout.as_ref().is_some_and(|w| w.seconds > 0 || w.nanos > 0) {
+            // A waiter is long-lived: it counts among --max-waiters, not
+            // among the short calls of --max-concurrent-calls.
+            if let Some(slot) = request.extensions().get::<CallSlot>() {
+                slot.release();
+            }
+        }
         let res = self.acquire_inner(request.into_inner(), deadline).await;
         let (res, take_back) = match res {
             Ok((r, t)) => (Ok(r), t),
             Err(e) => (Err(e), None),
         };
+        // A shared result waits for room among the response bytes in flight:
+        // however many waiters share it, only so many are encoded at once.
+        let hold = match (&res, &self.budget) {
+            (Ok(r), Some(budget)) if r.shared_result.is_some() => {
+                Some(budget.reserve(prost::Message::encoded_len(r)).await)
+            }
+            _ => None,
+        };
         let mut res = self.observe("Acquire", started, res)?;
+        if let Some(h) = hold {
+            res.extensions_mut().insert(h);
+        }
         if let Some(t) = take_back {
             // From here on, a reply that does not reach the wire releases the
             // lease (crate::call); dropped with it before, it does too.
@@ -266,7 +303,46 @@ impl<B: Backend> LockService for LockServiceImpl<B> {
         request: Request<v1::ListLocksRequest>,
     ) -> Result<Response<v1::ListLocksResponse>, Status> {
         let started = Instant::now();
+        // Room for the largest page this call can return, or it is shed.
+        let hold = match &self.budget {
+            Some(budget) => {
+                let size = validate::list(request.get_ref()).map_or(1, |(_, _, size)| size);
+                let most = (size + 1) * MAX_LOCK_INFO_BYTES;
+                match budget.try_reserve(most) {
+                    Some(h) => Some(h),
+                    None => {
+                        let s = response_budget_exhausted(budget, most);
+                        return self.observe("ListLocks", started, Err(s));
+                    }
+                }
+            }
+            None => None,
+        };
         let res = self.list_inner(request).await;
-        self.observe("ListLocks", started, res)
+        let mut res = self.observe("ListLocks", started, res)?;
+        if let Some(h) = hold {
+            h.shrink_to(prost::Message::encoded_len(res.get_ref()));
+            res.extensions_mut().insert::<ResponseHold>(h);
+        }
+        Ok(res)
     }
+}
+
+/// A ListLocks page shed because `--max-response-bytes-in-flight` has no
+/// room for it now: `RESOURCE_EXHAUSTED`, reason `OVERLOADED`.
+fn response_budget_exhausted(budget: &ResponseBudget, wanted: usize) -> Status {
+    let mut details = tonic_types::ErrorDetails::with_error_info(
+        "OVERLOADED",
+        crate::error::ERROR_DOMAIN,
+        [("limit".to_owned(), budget.total().to_string()), ("bytes".to_owned(), wanted.to_string())],
+    );
+    details.set_retry_info(Some(Duration::from_millis(100)));
+    <Status as tonic_types::StatusExt>::with_error_details(
+        tonic::Code::ResourceExhausted,
+        format!(
+            "turnstiled is overloaded: no room for a page of up to {wanted} bytes among the {} response bytes in flight (max response bytes in flight); retry shortly, or ask for a smaller page",
+            budget.total()
+        ),
+        details,
+    )
 }

@@ -2,7 +2,7 @@
 //! through rustls with the ring provider, re-read without a restart.
 //!
 //! tonic's own TLS takes its configuration once, so the server accepts TCP
-//! itself ([`incoming`]): each connection is handshaken with the
+//! itself ([`incoming`], through [`crate::listen`]): each connection is handshaken with the
 //! configuration current at its accept, and handed to tonic as a stream of
 //! [`TlsConn`]s. [`ServerTls::reload`] (on SIGHUP) builds a new configuration
 //! from the files and swaps it in; connections already open keep theirs. A
@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -27,17 +26,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
-/// Longest a TLS handshake may take; a client that stalls it is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Pause after a failed accept (e.g. out of file descriptors), so the loop
-/// does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Handshaken connections waiting for tonic to take them.
-const QUEUE: usize = 64;
+use crate::listen::{Conn, ConnTimeouts};
 
 /// The files TLS is configured from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,14 +146,6 @@ fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
 #[derive(Debug)]
 pub struct TlsConn(TlsStream<TcpStream>);
 
-impl Connected for TlsConn {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.0.get_ref().0.connect_info()
-    }
-}
-
 impl AsyncRead for TlsConn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
@@ -196,41 +178,24 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// Accepts TCP connections on `listener`, handshakes each (concurrently,
-/// within [`HANDSHAKE_TIMEOUT`]) with the configuration current at its
-/// accept, and yields those that succeed. The accept task ends when the
-/// stream is dropped (tonic drops it when it stops serving).
+/// Accepts TCP connections on `listener` ([`crate::listen::incoming`]),
+/// handshakes each (concurrently, within the handshake timeout) with the
+/// configuration current at its accept, and yields those that succeed.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ServerTls>,
-) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsConn>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                () = tx.closed() => return,
-                a = listener.accept() => a,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
+    timeouts: ConnTimeouts,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn<TlsConn>>> {
+    crate::listen::incoming(listener, timeouts, move |tcp, peer| {
+        let acceptor = tls.acceptor();
+        async move {
+            match acceptor.accept(tcp).await {
+                Ok(conn) => Some(TlsConn(conn)),
                 Err(e) => {
-                    tracing::warn!(error = %e, "accepting a gRPC connection failed; retrying in {ACCEPT_BACKOFF:?}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    None
                 }
-            };
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (tls.acceptor(), tx.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(conn)) => {
-                        let _ = tx.send(Ok(TlsConn(conn))).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
+            }
         }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    })
 }

@@ -23,7 +23,7 @@ use turnstile_core::{
 };
 
 use super::durable::{DurableState, Tuning};
-use super::{AcquireOutcome, AcquireRequest, Backend, ForceReleased, Grant, TtlBounds};
+use super::{AcquireOutcome, AcquireRequest, Backend, ForceReleased, Grant, TtlBounds, WaiterSlots};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::BackendError;
@@ -61,6 +61,8 @@ struct Inner {
     /// Keys held back after a crash, and until when.
     key_holds: Vec<Time>,
     metrics: Arc<Metrics>,
+    /// Waiters parked across all keys (`--max-waiters`).
+    waiter_slots: Arc<WaiterSlots>,
 }
 
 /// The embedded lock table. Dropping it stops its expiry tasks.
@@ -136,6 +138,7 @@ impl MemoryBackend {
             recovering_until,
             key_holds: recovered.as_ref().map(|r| r.key_holds.iter().map(|(_, t)| *t).collect()).unwrap_or_default(),
             metrics,
+            waiter_slots: WaiterSlots::new(config.max_waiters),
         });
         if let Some(r) = recovered {
             let mut restored = 0;
@@ -436,6 +439,8 @@ impl Backend for MemoryBackend {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
         };
+        // A waiter's place among --max-waiters, taken before it is queued.
+        let mut slot = None;
         let outcome = inner
             .extend_durably(idx, |t, now| {
                 // Checked again under the shard lock: `close` answers this shard's
@@ -452,10 +457,28 @@ impl Backend for MemoryBackend {
                         return Ok(Extend::Persist(extended));
                     }
                 }
-                let wait = payload.take().map(|payload| Wait { until: now + req.wait, payload });
-                t.acquire(&args, wait, now).map(Extend::Done).map_err(BackendError::from)
+                let mut full = false;
+                let wait = payload.take().and_then(|payload| match inner.waiter_slots.take() {
+                    Some(s) => {
+                        slot = Some(s);
+                        Some(Wait { until: now + req.wait, payload })
+                    }
+                    None => {
+                        full = true;
+                        None
+                    }
+                });
+                match t.acquire(&args, wait, now) {
+                    // Without room to park, only what needs no wait is done.
+                    Ok(Acquired::Contended(_)) | Err(turnstile_core::CoreError::Recovering { .. }) if full => {
+                        Err(inner.waiter_slots.exhausted())
+                    }
+                    r => r.map(Extend::Done).map_err(BackendError::from),
+                }
             })
             .await;
+        // Kept until this acquire returns: a queued waiter counts until answered.
+        let _slot = slot;
         match outcome? {
             Acquired::Granted(lease) => {
                 inner.metrics.acquired.inc();
@@ -491,7 +514,7 @@ impl Backend for MemoryBackend {
                     Ok(Answer::Shared(result)) => {
                         inner.metrics.shared_results.inc();
                         let current = inner.lock(idx).get(&req.key, inner.clock.now());
-                        Ok(AcquireOutcome::Shared { result, current })
+                        Ok(AcquireOutcome::Shared { result: prost::bytes::Bytes::from_owner(result), current })
                     }
                     Ok(Answer::TimedOut(current)) => {
                         inner.metrics.wait_timeouts.inc();
@@ -528,11 +551,17 @@ impl Backend for MemoryBackend {
         Ok(grant(&lease))
     }
 
-    async fn release(&self, key: String, token: u64, result: Option<Vec<u8>>) -> Result<bool, BackendError> {
+    async fn release(
+        &self,
+        key: String,
+        token: u64,
+        result: Option<prost::bytes::Bytes>,
+    ) -> Result<bool, BackendError> {
         let inner = &self.inner;
         inner.check_open()?;
         let idx = inner.shard_of(&key);
-        let result: Option<Arc<[u8]>> = result.map(Arc::from);
+        // One copy per release, into the table; waiters share it.
+        let result: Option<Arc<[u8]>> = result.map(|r| Arc::from(&r[..]));
         let (released, held) = inner.with_table(idx, |t, now| {
             let held = held_for(t, &key, Some(token), now);
             (t.release(&key, token, result, now), held)

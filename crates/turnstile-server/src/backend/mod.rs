@@ -5,8 +5,11 @@
 //! backend, so a backend may assume keys, owners and durations are in range.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use prost::bytes::Bytes;
 
 pub use turnstile_core::{HolderInfo, LockInfo};
 
@@ -57,8 +60,8 @@ pub enum AcquireOutcome {
     NotAcquired(LockInfo),
     /// The holder released with a result, handed to this `share_result` waiter.
     Shared {
-        /// The holder's result.
-        result: Arc<[u8]>,
+        /// The holder's result: one buffer shared by every waiter it is handed to.
+        result: Bytes,
         /// The key's state after the release.
         current: LockInfo,
     },
@@ -71,6 +74,55 @@ pub struct ForceReleased {
     pub released: bool,
     /// The key's state just before: the lease ended, when one was.
     pub previous: LockInfo,
+}
+
+/// Waiters parked at once across all keys, at most a limit (`--max-waiters`):
+/// a backend takes a [`WaiterSlot`] before it parks a waiter and refuses the
+/// wait with [`BackendError::TooManyWaiters`] when none is left.
+#[derive(Debug)]
+pub struct WaiterSlots {
+    parked: AtomicUsize,
+    limit: usize,
+}
+
+impl WaiterSlots {
+    /// Room for `limit` parked waiters.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(WaiterSlots { parked: AtomicUsize::new(0), limit })
+    }
+
+    /// A slot for one parked waiter, or `None` when `limit` are parked.
+    pub fn take(self: &Arc<Self>) -> Option<WaiterSlot> {
+        self.parked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.limit).then_some(n + 1))
+            .ok()
+            .map(|_| WaiterSlot(self.clone()))
+    }
+
+    /// Waiters parked now.
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::Acquire)
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The refusal when no slot is left.
+    pub fn exhausted(&self) -> BackendError {
+        BackendError::TooManyWaiters { limit: self.limit }
+    }
+}
+
+/// One parked waiter's place among [`WaiterSlots`]; given back when dropped.
+#[derive(Debug)]
+pub struct WaiterSlot(Arc<WaiterSlots>);
+
+impl Drop for WaiterSlot {
+    fn drop(&mut self) {
+        self.0.parked.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// TTL bounds a backend can honour.
@@ -106,7 +158,7 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         key: String,
         token: u64,
-        result: Option<Vec<u8>>,
+        result: Option<Bytes>,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send;
 
     /// Ends the live lease on `key` whoever holds it (only the one with

@@ -323,7 +323,7 @@ pub(crate) async fn g8_limits_are_resource_exhausted_and_change_nothing(fx: &dyn
         .release(v1::ReleaseRequest {
             key: "lim".into(),
             fencing_token: holder.fencing_token,
-            result: Some(vec![0; 1025]),
+            result: Some(vec![0; 1025].into()),
         })
         .await
         .unwrap_err();
@@ -331,8 +331,11 @@ pub(crate) async fn g8_limits_are_resource_exhausted_and_change_nothing(fx: &dyn
     assert!(err.message().contains("result"), "{err:?}");
     // Far past the limit, the request is refused before it is even decoded:
     // the same status, naming the same field.
-    let huge =
-        v1::ReleaseRequest { key: "lim".into(), fencing_token: holder.fencing_token, result: Some(vec![0; 512 << 10]) };
+    let huge = v1::ReleaseRequest {
+        key: "lim".into(),
+        fencing_token: holder.fencing_token,
+        result: Some(vec![0; 512 << 10].into()),
+    };
     let err = c.release(huge).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("result"), "{err:?}");
@@ -364,7 +367,7 @@ pub(crate) async fn shared_result_reaches_every_sharing_waiter_and_the_rest_queu
         .release(v1::ReleaseRequest {
             key: "fetch".into(),
             fencing_token: holder.fencing_token,
-            result: Some(b"the value".to_vec()),
+            result: Some(b"the value".to_vec().into()),
         })
         .await
         .unwrap()

@@ -67,7 +67,8 @@ async fn a_key_outside_the_tokens_prefixes_is_permission_denied_and_changes_noth
     assert!(e.message().contains("payments/"), "the refusal names the token's prefixes: {}", e.message());
     let e = c.acquire(call(acquire("orders/7", "pay"), Some(PAYMENTS))).await.expect_err("refused");
     assert_eq!(e.code(), Code::PermissionDenied);
-    let release = v1::ReleaseRequest { key: "orders/7".into(), fencing_token: token, result: Some(b"x".to_vec()) };
+    let release =
+        v1::ReleaseRequest { key: "orders/7".into(), fencing_token: token, result: Some(b"x".to_vec().into()) };
     let e = c.release(call(release, Some(PAYMENTS))).await.expect_err("refused");
     assert_eq!(e.code(), Code::PermissionDenied);
     let renew = v1::RenewRequest { key: "orders/7".into(), fencing_token: token, ttl: None };

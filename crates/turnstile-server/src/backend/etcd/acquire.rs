@@ -143,6 +143,11 @@ async fn attempt(
         guard.revoke_now().await;
         return Err(CoreError::TooManyWaiters { key: req.key.clone(), limit: inner.max_waiters }.into());
     }
+    // Each waiter is parked in this sidecar (its call, its watch): counted here.
+    let Some(_slot) = inner.waiter_slots.take() else {
+        guard.revoke_now().await;
+        return Err(inner.waiter_slots.exhausted());
+    };
     guard.waiting = true;
     // What the enqueue saw just ahead of the new entry (the first look).
     let ahead = last_two.map(|r| resp.kvs(r)).and_then(|kvs| match kvs {

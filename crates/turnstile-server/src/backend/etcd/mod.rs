@@ -103,6 +103,8 @@ struct Inner {
     min_ttl_secs: i64,
     max_ttl_secs: i64,
     max_waiters: usize,
+    /// Waiters parked in this sidecar across all keys (`--max-waiters`).
+    waiter_slots: Arc<crate::backend::WaiterSlots>,
     /// How long a shared result is kept for the sharing waiters queued at its
     /// release before its lease is revoked.
     result_retention: Duration,
@@ -231,6 +233,7 @@ impl EtcdBackend {
             min_ttl_secs,
             max_ttl_secs: i64::try_from(config.max_ttl.as_secs()).unwrap_or(i64::MAX).max(min_ttl_secs),
             max_waiters: config.max_waiters_per_key,
+            waiter_slots: crate::backend::WaiterSlots::new(config.max_waiters),
             result_retention: config.etcd_timeout * 4,
             metrics,
             clock,
@@ -546,8 +549,13 @@ impl Backend for EtcdBackend {
         holders::renew(&self.inner, key, token, ttl).await
     }
 
-    async fn release(&self, key: String, token: u64, result: Option<Vec<u8>>) -> Result<bool, BackendError> {
-        holders::release(&self.inner, key, token, result).await
+    async fn release(
+        &self,
+        key: String,
+        token: u64,
+        result: Option<prost::bytes::Bytes>,
+    ) -> Result<bool, BackendError> {
+        holders::release(&self.inner, key, token, result.map(|r| r.to_vec())).await
     }
 
     async fn force_release(&self, key: String, token: Option<u64>) -> Result<ForceReleased, BackendError> {
