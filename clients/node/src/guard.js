@@ -58,6 +58,14 @@ class LockGuard {
     return Math.max(0, this._validUntil - now());
   }
 
+  /**
+   * The instant the lease is valid until unless renewed, on the performance.now()
+   * clock: the send time of the last successful grant or renew plus its TTL.
+   */
+  get validUntilMs() {
+    return this._validUntil;
+  }
+
   /** 'ended', 'not_renewed', or null while not lost. */
   get lostReason() {
     this._checkValidity();
