@@ -1,0 +1,114 @@
+'use strict';
+// 20 concurrent PUT /payments/:id against the Express app with a real SQLite
+// and a real turnstiled: exactly one provider charge with the lock; without it,
+// every PUT charges (the fake provider holds each charge until all 20 are in
+// flight, so the race is shown without depending on timing).
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { Client } = require('@turnstile/client');
+const { startServer } = require('../../../support/turnstiled');
+const { createApp } = require('../app');
+const { Store } = require('../store');
+const { Provider } = require('../provider');
+
+const PUTS = 20;
+let turnstiled;
+let client;
+
+test.before(async () => {
+  turnstiled = await startServer();
+  client = new Client(turnstiled.grpc);
+});
+test.after(async () => {
+  client.close();
+  await turnstiled.stop();
+});
+
+async function withApp({ provider: providerOpts, ...opts }, fn) {
+  const store = new Store(':memory:');
+  const provider = new Provider(store, providerOpts);
+  const app = createApp({ store, provider, client, ...opts });
+  const server = await new Promise((resolve) => {
+    const s = app.listen(0, '127.0.0.1', () => resolve(s));
+  });
+  const base = `http://127.0.0.1:${server.address().port}`;
+  try {
+    return await fn({ base, store });
+  } finally {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+    store.close();
+  }
+}
+
+async function createPayment(base) {
+  const r = await fetch(`${base}/payments`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ amount_cents: 4200, currency: 'EUR' }),
+  });
+  assert.equal(r.status, 201);
+  return (await r.json()).id;
+}
+
+const putAll = (base, id) =>
+  Promise.all(
+    Array.from({ length: PUTS }, async () => {
+      const r = await fetch(`${base}/payments/${id}`, { method: 'PUT' });
+      return { status: r.status, body: await r.json(), retryAfter: r.headers.get('retry-after') };
+    }),
+  );
+
+test('with the lock (try mode): 20 concurrent PUTs charge once; the others get 409 or the PAID payment', async () => {
+  await withApp({ lockMode: 'try', provider: { delayMs: 300 } }, async ({ base, store }) => {
+    const id = await createPayment(base);
+    const responses = await putAll(base, id);
+    assert.equal(store.chargeCount(id), 1, 'exactly one provider charge');
+    const paid = store.get(id);
+    assert.equal(paid.state, 'PAID');
+    assert.notEqual(paid.fence, '0', 'the PAID write carries the holder fencing token');
+    for (const r of responses) {
+      assert.ok(r.status === 200 || r.status === 409, `status ${r.status}: ${JSON.stringify(r.body)}`);
+      if (r.status === 409) {
+        assert.equal(r.body.error, 'Resource is locked');
+        assert.ok(Number(r.retryAfter) >= 1);
+      } else {
+        assert.equal(r.body.state, 'PAID');
+        assert.equal(r.body.charge_id, paid.charge_id);
+      }
+    }
+    assert.ok(responses.some((r) => r.status === 200));
+  });
+});
+
+test('with the lock (wait mode): 20 concurrent PUTs queue in FIFO, charge once, and all answer PAID', async () => {
+  await withApp({ lockMode: 'wait', provider: { delayMs: 100 } }, async ({ base, store }) => {
+    const id = await createPayment(base);
+    const responses = await putAll(base, id);
+    assert.equal(store.chargeCount(id), 1, 'exactly one provider charge');
+    for (const r of responses) {
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      assert.equal(r.body.state, 'PAID');
+    }
+  });
+});
+
+test('without the lock: the same 20 PUTs all read EMPTY and charge the card 20 times (the bug)', async () => {
+  await withApp({ lockMode: 'off', provider: { delayMs: 0, barrier: PUTS } }, async ({ base, store }) => {
+    const id = await createPayment(base);
+    await putAll(base, id);
+    assert.equal(store.chargeCount(id), PUTS);
+  });
+});
+
+test('a stale token is fenced out: claim and PAID write refuse a holder whose lease passed on', () => {
+  const store = new Store(':memory:');
+  const p = store.create(100, 'EUR');
+  assert.ok(store.claim(p.id, 7n).claimed);
+  assert.equal(store.claim(p.id, 6n).superseded, '7', 'an older token cannot claim');
+  assert.equal(store.markPaidFenced(p.id, 'ch_old', 6n).fencedOut, '7', 'an older token cannot mark PAID');
+  assert.equal(store.markPaidFenced(p.id, 'ch_new', 7n).applied.state, 'PAID');
+  assert.ok(store.claim(p.id, 8n).alreadyPaid, 'a PAID payment is not claimed again');
+  store.close();
+});
