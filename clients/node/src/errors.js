@@ -186,8 +186,8 @@ function fromGrpc(err) {
   if (code === Status.INVALID_ARGUMENT) {
     const v = details.badRequest && details.badRequest.fieldViolations[0];
     if (v) return new InvalidArgumentError(v.field, v.description, { details, cause: err });
-    // No detail: the server's message starts with the field ("key: must not be empty").
-    const m = /^([A-Za-z_][\w.]*): (.*)$/s.exec(message);
+    // No detail: the server's message names the field ("invalid key: must not be empty").
+    const m = /^(?:invalid )?([A-Za-z_][\w.]*): (.*)$/s.exec(message);
     if (m) return new InvalidArgumentError(m[1], m[2], { details, cause: err });
     return new InvalidArgumentError('unknown', message, { details, cause: err });
   }
