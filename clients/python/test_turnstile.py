@@ -75,12 +75,24 @@ class TurnstileTest(unittest.TestCase):
         lease.release()
 
     def test_validity_counts_from_the_send_time(self):
-        before = time.monotonic()
-        lease = self.client.lock("py:clock", ttl=3.0)
-        after = time.monotonic()
-        self.assertGreaterEqual(lease.valid_until, before + lease.ttl)
-        self.assertLessEqual(lease.valid_until, after + lease.ttl)
-        lease.release()
+        delay = 0.4
+
+        class SlowReplies(grpc.UnaryUnaryClientInterceptor):
+            """Holds every reply back for `delay` seconds before the client sees it."""
+
+            def intercept_unary_unary(self, continuation, details, request):
+                outcome = continuation(details, request)  # the call has completed here
+                time.sleep(delay)
+                return outcome
+
+        with Client(self.addr, ttl=3.0, interceptors=[SlowReplies()]) as slow:
+            before = time.monotonic()
+            lease = slow.lock("py:clock")
+            after = time.monotonic()
+            # Sent at or after `before`; its reply took at least `delay`, so sent at or before after - delay.
+            self.assertGreaterEqual(lease.valid_until, before + lease.ttl)
+            self.assertLessEqual(lease.valid_until, after - delay + lease.ttl, "the reply delay counted as validity")
+            lease.release()
 
     def test_loss_sets_the_event(self):
         lease = self.client.lock("py:lost", ttl=0.6)

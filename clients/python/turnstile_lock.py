@@ -119,13 +119,15 @@ def _duration(pb2, seconds):
 
 
 class Client:
-    def __init__(self, address, owner=None, ttl=15.0, call_timeout=10.0, token=None, credentials=None):
+    def __init__(self, address, owner=None, ttl=15.0, call_timeout=10.0, token=None, credentials=None, interceptors=()):
         self._pb2, pb2_grpc = load_stubs()
         target = address.split("://", 1)[-1]
         if credentials is not None:
             self._channel = grpc.secure_channel(target, credentials)
         else:
             self._channel = grpc.insecure_channel(target)
+        if interceptors:
+            self._channel = grpc.intercept_channel(self._channel, *interceptors)
         self._stub = pb2_grpc.LockServiceStub(self._channel)
         self.owner = owner or f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         self.ttl = ttl
