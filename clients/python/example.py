@@ -77,7 +77,7 @@ def loss_signal(db, client, admin, order_id, timeout=20.0):
     """The first worker's lease is ended by an operator while it works: it sees `lost`, its late write is refused."""
     db.execute("INSERT INTO orders (id, status) VALUES (?, 'CREATED')", (order_id,))
     key = f"order:{order_id}"
-    first = client.lock(key, ttl=1.0)
+    first = client.lock(key, ttl=3.0)
     admin.release(key, first.fencing_token)  # as if it had stalled past its TTL and the lease passed on
     if not first.lost.wait(timeout):  # set by the renew thread on NOT_FOUND
         raise AssertionError("the loss was not signalled")
