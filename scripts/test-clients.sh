@@ -78,7 +78,7 @@ run() { # NAME DIR CMD...
         failures+=("$name")
     fi
 }
-run "node client" clients/node sh -c 'node --test test/*.test.js'
+run "node client" clients/node sh -c 'node --test test/*.test.js test/*.test.mjs'
 run "node payment-api example" clients/node/examples/payment-api sh -c 'node --test test/*.test.js'
 run "python example" clients/python "$pyvenv/bin/python" -m unittest -v
 run "php order callback" clients/php bash ./test.sh
