@@ -16,6 +16,10 @@ async function startServer(extraArgs = []) {
     ['--listen', '127.0.0.1:0', '--http-listen', '127.0.0.1:0', '--data-dir', '', ...extraArgs],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
+  // Never outlive the test process, even when it ends without test.after.
+  const reap = () => child.kill('SIGKILL');
+  process.once('exit', reap);
+  child.once('exit', () => process.removeListener('exit', reap));
   let stderr = '';
   child.stderr.on('data', (d) => {
     stderr += d;
