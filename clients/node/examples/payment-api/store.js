@@ -1,8 +1,16 @@
 'use strict';
-// SQLite storage (better-sqlite3): payments with the fence column of
+// SQLite storage (sql.js: the SQLite engine compiled to WebAssembly, so no
+// native addon to build): payments with the fence column of
 // crates/payment-service, and the fake provider's ledger of charges.
+//
+// sql.js keeps the database in memory. With a file path, Store.open loads the
+// file if it exists and every write is saved back to it (written to a
+// temporary file, then renamed over it), so the payments survive a restart.
+// One process owns the file: two servers on the same file would overwrite
+// each other's writes. The tests use ':memory:' (one process, nothing saved).
 
-const Database = require('better-sqlite3');
+const fs = require('node:fs');
+const initSqlJs = require('sql.js');
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS payments (
@@ -20,13 +28,29 @@ CREATE TABLE IF NOT EXISTS provider_charges (
   currency     TEXT NOT NULL
 );`;
 
+// Fences are fencing tokens: uint64, bound as BigInt (sql.js binds a BigInt as
+// a 64-bit INTEGER) and read back as BigInt.
+const BIGINT = { useBigInt: true };
+
+let sqlJs;
+const loadSqlJs = () => (sqlJs ||= initSqlJs()); // one WebAssembly instance per process
+
 class Store {
-  constructor(path = ':memory:') {
-    this.db = new Database(path);
-    this.db.pragma('journal_mode = WAL');
+  /** Opens ':memory:' or a file (created on the first write if missing). */
+  static async open(path = ':memory:') {
+    const SQL = await loadSqlJs();
+    const file = path === ':memory:' ? null : path;
+    const data = file && fs.existsSync(file) ? fs.readFileSync(file) : undefined;
+    return new Store(new SQL.Database(data), file);
+  }
+
+  /** Use Store.open. */
+  constructor(db, file) {
+    this.db = db;
+    this.file = file;
     this.db.exec(SCHEMA);
-    // Fences are fencing tokens: uint64, read and bound as BigInt.
-    const q = (sql) => this.db.prepare(sql).safeIntegers(true);
+    this._save();
+    const q = (sql) => this.db.prepare(sql);
     this._create = q('INSERT INTO payments (amount_cents, currency) VALUES (?, ?) RETURNING *');
     this._get = q('SELECT * FROM payments WHERE id = ?');
     this._claim = q(`UPDATE payments SET fence = :token WHERE id = :id AND fence < :token AND state = 'EMPTY'`);
@@ -39,11 +63,13 @@ class Store {
   }
 
   create(amountCents, currency) {
-    return row(this._create.get(amountCents, currency));
+    const r = this._one(this._create, [amountCents, currency]);
+    this._save();
+    return row(r);
   }
 
   get(id) {
-    return row(this._get.get(id));
+    return row(this._one(this._get, [id]));
   }
 
   /**
@@ -52,7 +78,7 @@ class Store {
    * Returns {claimed}, {alreadyPaid}, {superseded: currentFence} or {missing}.
    */
   claim(id, token) {
-    if (this._claim.run({ id, token }).changes === 1) return { claimed: this.get(id) };
+    if (this._run(this._claim, { ':id': id, ':token': token }) === 1) return { claimed: this.get(id) };
     const p = this.get(id);
     if (!p) return { missing: true };
     if (p.state === 'PAID') return { alreadyPaid: p };
@@ -61,25 +87,54 @@ class Store {
 
   /** The fenced write: PAID only while the row still carries our token. */
   markPaidFenced(id, chargeId, token) {
-    if (this._paidFenced.run({ id, charge: chargeId, token }).changes === 1) return { applied: this.get(id) };
+    if (this._run(this._paidFenced, { ':id': id, ':charge': chargeId, ':token': token }) === 1) {
+      return { applied: this.get(id) };
+    }
     const p = this.get(id);
     return p ? { fencedOut: p.fence } : { missing: true };
   }
 
   markPaidUnfenced(id, chargeId) {
-    return this._paidUnfenced.run({ id, charge: chargeId }).changes === 1;
+    return this._run(this._paidUnfenced, { ':id': id, ':charge': chargeId }) === 1;
   }
 
   recordCharge(p) {
-    return `ch_${this._charge.get(p.id, p.amount_cents, p.currency).id}`;
+    const r = this._one(this._charge, [p.id, p.amount_cents, p.currency]);
+    this._save();
+    return `ch_${r.id}`;
   }
 
   chargeCount(id) {
-    return Number(this._charges.get(id).n);
+    return Number(this._one(this._charges, [id]).n);
   }
 
   close() {
-    this.db.close();
+    this.db.close(); // also frees the prepared statements
+  }
+
+  /** The first row of `stmt` with `params` (INTEGERs as BigInt), or undefined. */
+  _one(stmt, params) {
+    try {
+      stmt.bind(params);
+      return stmt.step() ? stmt.getAsObject(null, BIGINT) : undefined;
+    } finally {
+      stmt.reset();
+    }
+  }
+
+  /** Runs a write; returns the number of rows it changed, saving when it changed any. */
+  _run(stmt, params) {
+    stmt.run(params);
+    const changes = this.db.getRowsModified();
+    if (changes > 0) this._save();
+    return changes;
+  }
+
+  _save() {
+    if (!this.file) return;
+    const tmp = `${this.file}.tmp-${process.pid}`;
+    fs.writeFileSync(tmp, this.db.export());
+    fs.renameSync(tmp, this.file);
   }
 }
 

@@ -1,11 +1,14 @@
 'use strict';
-// 20 concurrent PUT /payments/:id against the Express app with a real SQLite
+// 20 concurrent PUT /payments/:id against the Express app with a real SQLite (sql.js)
 // and a real turnstiled: exactly one provider charge with the lock; without it,
 // every PUT charges (the fake provider holds each charge until all 20 are in
 // flight, so the race is shown without depending on timing).
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
 const { Client } = require('@turnstile/client');
 const { startServer } = require('../../../support/turnstiled');
 const { createApp } = require('../app');
@@ -26,7 +29,7 @@ test.after(async () => {
 });
 
 async function withApp({ provider: providerOpts, ...opts }, fn) {
-  const store = new Store(':memory:');
+  const store = await Store.open(':memory:');
   const provider = new Provider(store, providerOpts);
   const app = createApp({ store, provider, client, ...opts });
   const server = await new Promise((resolve) => {
@@ -102,8 +105,8 @@ test('without the lock: the same 20 PUTs all read EMPTY and charge the card 20 t
   });
 });
 
-test('a stale token is fenced out: claim and PAID write refuse a holder whose lease passed on', () => {
-  const store = new Store(':memory:');
+test('a stale token is fenced out: claim and PAID write refuse a holder whose lease passed on', async () => {
+  const store = await Store.open(':memory:');
   const p = store.create(100, 'EUR');
   assert.ok(store.claim(p.id, 7n).claimed);
   assert.equal(store.claim(p.id, 6n).superseded, '7', 'an older token cannot claim');
@@ -111,4 +114,30 @@ test('a stale token is fenced out: claim and PAID write refuse a holder whose le
   assert.equal(store.markPaidFenced(p.id, 'ch_new', 7n).applied.state, 'PAID');
   assert.ok(store.claim(p.id, 8n).alreadyPaid, 'a PAID payment is not claimed again');
   store.close();
+});
+
+test('a file store survives a reopen, with 64-bit fences exact', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payment-api-'));
+  const file = path.join(dir, 'payments.db');
+  const big = 2n ** 62n + 1n; // not exact as a JavaScript number
+  try {
+    let store = await Store.open(file);
+    const p = store.create(100, 'EUR');
+    assert.ok(store.claim(p.id, big).claimed);
+    store.close();
+
+    store = await Store.open(file);
+    assert.equal(store.get(p.id).fence, big.toString());
+    assert.equal(store.claim(p.id, big - 1n).superseded, big.toString(), 'an older token cannot claim');
+    assert.equal(store.markPaidFenced(p.id, 'ch_1', big).applied.state, 'PAID');
+    store.close();
+
+    store = await Store.open(file);
+    assert.equal(store.get(p.id).state, 'PAID');
+    assert.equal(store.get(p.id).charge_id, 'ch_1');
+    store.close();
+    assert.deepEqual(fs.readdirSync(dir), ['payments.db'], 'no temporary file left behind');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
