@@ -35,8 +35,9 @@ if [ "$node_major" -lt 18 ]; then
 fi
 
 # ---- binaries under test ----
-cargo build -q -p turnstile-server --bin turnstiled
-cargo build -q -p turnstile-client --bin turnstile
+# One cargo call: two calls resolve shared dependencies (rustls, tonic) with
+# different features and rebuild each other's, about a minute per run.
+cargo build -q -p turnstile-server --bin turnstiled -p turnstile-client --bin turnstile
 target="$(cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 export TURNSTILED="${TURNSTILED:-$target/debug/turnstiled}"
 export TURNSTILE="${TURNSTILE:-$target/debug/turnstile}"
