@@ -9,7 +9,8 @@
 # WebAssembly (sql.js), grpcio comes as manylinux wheels (sdists are refused
 # below), PHP uses Debian's pdo_sqlite. Only cargo builds native code
 # (turnstiled and the CLI), with the C compiler its own toolchain needs.
-# Works with Debian bookworm's Node 18 and npm 9. Exits non-zero if anything fails.
+# Written for Debian bookworm's Node 18 and npm 9 (npm 9.2 checked; Node 18 by
+# its docs, not run here). Exits non-zero if anything fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
