@@ -22,8 +22,9 @@
 //!   naming the call that was too large (and, for a Release, its `result`).
 //! - **Calls in progress are bounded** (`--max-concurrent-calls`, across all
 //!   connections): one more is shed at once with `RESOURCE_EXHAUSTED`
-//!   (`OVERLOADED`, with a `RetryInfo`). Release and Renew are never counted
-//!   nor shed, so a lock can always be freed and kept; health checks neither.
+//!   (`OVERLOADED`, with a `RetryInfo`). Release, Renew and ForceRelease are
+//!   never counted nor shed, so a lock can always be freed and kept; health
+//!   checks and reflection (which grpcurl needs first) neither.
 //!   An Acquire that waits gives its place back before it parks ([`CallSlot`]):
 //!   parked waiters are bounded by `--max-waiters` instead, and never crowd
 //!   out short calls. A call holds its place until its response has ended.
@@ -137,10 +138,19 @@ impl CallSlot {
 }
 
 /// Whether `path` is never counted against nor shed by the concurrency
-/// limit: Release and Renew (locks must always be freed and kept) and health.
+/// limit: Release and Renew (locks must always be freed and kept),
+/// ForceRelease (an operator must be able to free a key under overload),
+/// health, and reflection (grpcurl asks it before every call, so without it
+/// an operator by hand could neither release nor force-release).
 fn never_shed(path: &str) -> bool {
-    matches!(path, "/turnstile.v1.LockService/Release" | "/turnstile.v1.LockService/Renew")
-        || path.starts_with("/grpc.health.v1.Health/")
+    matches!(
+        path,
+        "/turnstile.v1.LockService/Release"
+            | "/turnstile.v1.LockService/Renew"
+            | "/turnstile.v1.LockService/ForceRelease"
+    ) || path.starts_with("/grpc.health.v1.Health/")
+        || path.starts_with("/grpc.reflection.v1.ServerReflection/")
+        || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
 }
 
 /// Room for the bytes of large responses in flight, across all connections
@@ -458,6 +468,29 @@ impl http_body::Body for Delivered {
 
 #[cfg(test)]
 mod tests {
+    /// What frees or keeps a lock, and what an operator needs to do so by
+    /// hand, is never shed; short reads and acquires are.
+    #[test]
+    fn releases_renewals_force_releases_health_and_reflection_are_never_shed() {
+        for path in [
+            "/turnstile.v1.LockService/Release",
+            "/turnstile.v1.LockService/Renew",
+            "/turnstile.v1.LockService/ForceRelease",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(super::never_shed(path), "{path} may be shed");
+        }
+        for path in [
+            "/turnstile.v1.LockService/Acquire",
+            "/turnstile.v1.LockService/GetLock",
+            "/turnstile.v1.LockService/ListLocks",
+        ] {
+            assert!(!super::never_shed(path), "{path} is never shed");
+        }
+    }
+
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use http_body::Body as _;
