@@ -201,6 +201,10 @@ pub mod page_token {
             return Err(bad());
         }
         key("page_token", &last).map_err(|_| bad())?;
+        // Only the token as issued: the same key in upper-case hex is not one.
+        if encode(prefix, &last) != token {
+            return Err(bad());
+        }
         Ok(last)
     }
 
@@ -295,6 +299,9 @@ mod tests {
         }
         let round = page_token::encode("a:", "a:ü/1");
         assert_eq!(page_token::decode("a:", &round).unwrap(), "a:ü/1");
+        // Found by the fuzzer: the same token in upper-case hex was accepted.
+        let upper = page_token::encode("payment:", "payment:9").to_uppercase();
+        assert_eq!(page_token::decode("payment:", &upper).unwrap_err().field, "page_token", "{upper}");
     }
 
     #[test]
