@@ -20,6 +20,9 @@
 //!   `OUT_OF_RANGE` before any handler runs; docs/design.md answers every
 //!   limit breach with `RESOURCE_EXHAUSTED`, so it is answered that way here,
 //!   naming the call that was too large (and, for a Release, its `result`).
+//! - **A request that cannot be decoded** (malformed protobuf, or malformed
+//!   gRPC framing) is refused by tonic's codec with `INTERNAL`; it is the
+//!   client's fault, so it is answered `INVALID_ARGUMENT` here (G8).
 //! - **Calls in progress are bounded** (`--max-concurrent-calls`, across all
 //!   connections): one more is shed at once with `RESOURCE_EXHAUSTED`
 //!   (`OVERLOADED`, with a `RetryInfo`). Release, Renew and ForceRelease are
@@ -357,33 +360,67 @@ fn too_large_is_exhausted(mut res: Response<Body>, method: &str, limits: SizeLim
     res
 }
 
-/// tonic's codec answers a request it cannot decode (malformed protobuf, a
-/// string field that is not UTF-8) with `INTERNAL` before any handler runs;
-/// it is bad input, so it is answered `INVALID_ARGUMENT` (G8) naming the
-/// field when the decoder does (`AcquireRequest.key: invalid string value`).
+/// tonic's codec answers a request it cannot decode with `INTERNAL` before
+/// any handler runs: malformed protobuf or a string field that is not UTF-8,
+/// and malformed gRPC framing (a compressed flag without `grpc-encoding`, or
+/// not 0 or 1; a body that ends inside a message; no message at all). It is
+/// bad input, so it is answered `INVALID_ARGUMENT` (G8), naming the field
+/// when the decoder does (`AcquireRequest.key: invalid string value`), the
+/// `request` otherwise. Only those messages of the codec's are turned, and
+/// only without details (turnstile's own statuses always carry some): any
+/// other `INTERNAL` stays as it is.
 fn undecodable_is_invalid(mut res: Response<Body>) -> Response<Body> {
-    const DECODE: &str = "failed to decode Protobuf message: ";
-    if res.headers().get("grpc-status") != Some(&HeaderValue::from(tonic::Code::Internal as i32)) {
+    if res.headers().get("grpc-status") != Some(&HeaderValue::from(tonic::Code::Internal as i32))
+        || res.headers().contains_key("grpc-status-details-bin")
+    {
         return res;
     }
     let Some(status) = Status::from_header_map(res.headers()) else { return res };
-    let Some(why) = status.message().strip_prefix(DECODE) else { return res };
-    let field = why
-        .split_once(": ")
-        .and_then(|(path, _)| path.rsplit('.').next())
-        .filter(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-        .unwrap_or("request");
-    let status = Status::from(crate::error::InvalidArgument {
-        field: request_field(field),
-        reason: format!("cannot be decoded ({why})"),
-    });
-    let (parts, _) = status.into_http::<Body>().into_parts();
+    let Some(invalid) = why_undecodable(status.message()) else { return res };
+    let (parts, _) = Status::from(invalid).into_http::<Body>().into_parts();
     for (name, value) in parts.headers.iter() {
         if name.as_str().starts_with("grpc-") {
             res.headers_mut().insert(name.clone(), value.clone());
         }
     }
     res
+}
+
+/// What is wrong with the request, if `message` is one of tonic's codec's
+/// for a request it cannot decode (tonic 0.14's texts, matched exactly).
+fn why_undecodable(message: &str) -> Option<crate::error::InvalidArgument> {
+    const DECODE: &str = "failed to decode Protobuf message: ";
+    const FLAG: &str = "protocol error: received message with invalid compression flag: ";
+    let invalid = |field: &str, reason: String| crate::error::InvalidArgument { field: request_field(field), reason };
+    if let Some(why) = message.strip_prefix(DECODE) {
+        let field = why
+            .split_once(": ")
+            .and_then(|(path, _)| path.rsplit('.').next())
+            .filter(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or("request");
+        return Some(invalid(field, format!("cannot be decoded ({why})")));
+    }
+    if let Some(flag) =
+        message.strip_prefix(FLAG).and_then(|m| m.strip_suffix(" (valid flags are 0 and 1), while sending request"))
+    {
+        return Some(invalid(
+            "request",
+            format!(
+                "its gRPC message has compressed flag {flag}; the flag must be 0 (not compressed) or 1 (compressed)"
+            ),
+        ));
+    }
+    let reason = match message {
+        "protocol error: received message with compressed-flag but no grpc-encoding was specified" => {
+            "its gRPC message has the compressed flag set but the call has no grpc-encoding header"
+        }
+        "Unexpected EOF decoding stream." => {
+            "the request body ended before the end of its message: a gRPC frame is cut short (the 5-byte header, or fewer bytes than its declared length)"
+        }
+        "Missing request message." => "the request body has no message: it ended before any gRPC frame",
+        _ => return None,
+    };
+    Some(invalid("request", reason.to_owned()))
 }
 
 /// A request field name of turnstile.v1 as a `'static` string (`request`
@@ -573,6 +610,31 @@ mod tests {
         let status = Status::from_header_map(res.headers()).expect("a status");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(status.message().starts_with("invalid key: cannot be decoded"), "{}", status.message());
+    }
+
+    /// Only the codec's own decode failures become INVALID_ARGUMENT: any
+    /// other INTERNAL, or one carrying details (which the codec's never
+    /// do), is left as it is.
+    #[tokio::test]
+    async fn an_internal_error_that_is_not_a_decode_failure_stays_internal() {
+        use tower::{Layer, ServiceExt};
+        let with_details = || {
+            use tonic_types::{ErrorDetails, StatusExt};
+            let details = ErrorDetails::with_error_info("BROKEN", "turnstile", std::collections::HashMap::new());
+            Status::with_error_details(tonic::Code::Internal, "Missing request message.", details)
+        };
+        for s in [Status::internal("the lock table is broken"), Status::internal("Unexpected EOF"), with_details()] {
+            let message = s.message().to_owned();
+            let codec = tower::service_fn(move |_: Request<()>| {
+                let s = s.clone();
+                async move { Ok::<_, std::convert::Infallible>(s.into_http()) }
+            });
+            let req = Request::builder().uri("/turnstile.v1.LockService/Acquire").body(()).expect("request");
+            let res = CallLayer::new(10, 100).layer(codec).oneshot(req).await.expect("answered");
+            let status = Status::from_header_map(res.headers()).expect("a status");
+            assert_eq!(status.code(), tonic::Code::Internal, "{message}");
+            assert_eq!(status.message(), message);
+        }
     }
 
     fn counting() -> (TakeBack, Arc<AtomicUsize>) {

@@ -2,6 +2,8 @@
 //! back, and a wait ends before the call's own deadline. In-process server
 //! on a port-0 listener, real gRPC over loopback, on a multi-threaded
 //! runtime so that the transport and the handlers race as in production.
+//! G8 at the wire: malformed gRPC framing from a raw HTTP/2 client is the
+//! client's fault, answered `INVALID_ARGUMENT` saying what is wrong.
 
 use std::time::Duration;
 
@@ -203,4 +205,92 @@ fn check_deadline_race((key, answer, free): DeadlineRace) {
         Err(other) => panic!("{key}: B's call failed with {other:?}"),
     }
     assert!(free, "G6: {key} is held by a waiter that gave up at its deadline (answer {answer:?})");
+}
+
+/// Sends `body` (raw gRPC framing, `None` for no body at all) as an Acquire
+/// on a fresh raw HTTP/2 connection, and returns the call's status, read
+/// from the response headers (trailers-only) or else its trailers.
+async fn raw_acquire(body: Option<Vec<u8>>) -> tonic::Status {
+    let s = server();
+    let addr = s.url().trim_start_matches("http://").to_owned();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect raw");
+    let (h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut h2 = h2.ready().await.expect("h2 ready");
+    let req = tonic::codegen::http::Request::post(format!("http://{addr}/turnstile.v1.LockService/Acquire"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (reply, mut send) = h2.send_request(req, body.is_none()).expect("send request");
+    if let Some(body) = body {
+        send.send_data(body.into(), true).expect("send body");
+    }
+    let reply = tokio::time::timeout(Duration::from_secs(10), reply).await.expect("answered in time").expect("reply");
+    assert_eq!(reply.status(), 200);
+    if let Some(status) = tonic::Status::from_header_map(reply.headers()) {
+        return status;
+    }
+    let mut body = reply.into_body();
+    while let Some(data) = body.data().await {
+        data.expect("response data");
+    }
+    let trailers = body.trailers().await.expect("trailers").expect("a status in trailers");
+    tonic::Status::from_header_map(&trailers).expect("grpc-status")
+}
+
+/// A well-formed Acquire message, encoded, without its frame header.
+fn acquire_message() -> Vec<u8> {
+    grpc_body(&acquire("framing", "a", Duration::ZERO))[5..].to_vec()
+}
+
+/// A gRPC frame: compressed flag `flag`, declared length `len`, then `data`.
+fn frame(flag: u8, len: usize, data: &[u8]) -> Vec<u8> {
+    let mut out = vec![flag];
+    out.extend_from_slice(&u32::try_from(len).expect("small").to_be_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// G8: INVALID_ARGUMENT (never INTERNAL), a message containing `says`, and
+/// a BadRequest naming the request.
+fn assert_invalid_request(status: &tonic::Status, says: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "G8: {status:?}");
+    assert!(status.message().contains(says), "G8: {:?} should say {says:?}", status.message());
+    use tonic_types::StatusExt;
+    let bad = status.get_details_bad_request().expect("BadRequest");
+    assert_eq!(bad.field_violations[0].field, "request");
+}
+
+#[tokio::test]
+async fn g8_a_compressed_message_without_grpc_encoding_is_invalid_argument() {
+    let msg = acquire_message();
+    let status = raw_acquire(Some(frame(1, msg.len(), &msg))).await;
+    assert_invalid_request(&status, "compressed flag set but the call has no grpc-encoding header");
+}
+
+#[tokio::test]
+async fn g8_an_unknown_compressed_flag_is_invalid_argument() {
+    let msg = acquire_message();
+    let status = raw_acquire(Some(frame(7, msg.len(), &msg))).await;
+    assert_invalid_request(&status, "compressed flag 7");
+}
+
+#[tokio::test]
+async fn g8_a_message_cut_short_by_end_of_stream_is_invalid_argument() {
+    let msg = acquire_message();
+    let status = raw_acquire(Some(frame(0, msg.len() + 100, &msg))).await;
+    assert_invalid_request(&status, "ended before the end of its message");
+}
+
+#[tokio::test]
+async fn g8_a_frame_header_cut_short_by_end_of_stream_is_invalid_argument() {
+    let status = raw_acquire(Some(vec![0, 0, 0])).await;
+    assert_invalid_request(&status, "ended before the end of its message");
+}
+
+#[tokio::test]
+async fn g8_an_empty_request_body_is_invalid_argument() {
+    let status = raw_acquire(None).await;
+    assert_invalid_request(&status, "has no message");
 }
