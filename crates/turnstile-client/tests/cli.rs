@@ -561,6 +561,29 @@ async fn an_empty_key_is_a_usage_error_before_any_connection() {
     assert_eq!(silent.accepted(), 0, "no connection was made");
 }
 
+/// A fencing token of 0 (never granted: tokens start at 1) or one that is not
+/// a number is a usage error (exit 2, naming the token) found before any
+/// connection is made, like an empty key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_or_unparsable_fencing_token_is_a_usage_error_before_any_connection() {
+    let silent = Silent::new();
+    let url = silent.url();
+    let cases: [&[&str]; 5] = [
+        &["release", "k", "0"],
+        &["release", "--force", "k", "0"],
+        &["release", "k", "x"],
+        &["release", "k", "-1"],
+        &["release", "k", "18446744073709551616"],
+    ];
+    for args in cases {
+        let out = output_within(turnstile(&url, args), Duration::from_secs(30)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("TOKEN"), "{args:?}: {stderr}");
+    }
+    assert_eq!(silent.accepted(), 0, "no connection was made");
+}
+
 /// `get` while the coordinator holds back every grant after a crash says
 /// so, with the seconds left, besides the key's state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
