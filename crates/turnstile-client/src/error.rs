@@ -37,7 +37,7 @@ pub enum Error {
     /// The lock is held by someone else and was not obtained (a try-lock, or a
     /// wait that ran out). `holder` and `expires_in` describe the holder as of
     /// the last answer; both are `None` when the key was free at that moment.
-    #[error("{key} is held by {}{}", holder.as_deref().unwrap_or("nobody"), expires_in.map(|d| format!(" (expires in {d:?})")).unwrap_or_default())]
+    #[error("{key} is held by {}{}", holder.as_deref().unwrap_or("nobody"), expires_in.map(|d| format!(" (expires in {})", crate::human_duration(d))).unwrap_or_default())]
     Contended {
         /// The key asked for.
         key: String,
@@ -68,7 +68,7 @@ pub enum Error {
     },
     /// A call got no answer within the per-call timeout
     /// ([`ClientBuilder::call_timeout`](crate::ClientBuilder::call_timeout)).
-    #[error("{operation} got no answer within {after:?}")]
+    #[error("{operation} got no answer within {}", crate::human_duration(*after))]
     Timeout {
         /// The RPC, e.g. `Acquire`.
         operation: &'static str,

@@ -57,6 +57,7 @@ mod client;
 mod error;
 mod fetch;
 mod guard;
+mod human;
 mod info;
 mod rpc;
 mod schedule;
@@ -64,6 +65,7 @@ mod schedule;
 pub use client::{Client, ClientBuilder};
 pub use error::{Error, LostReason};
 pub use guard::LockGuard;
+pub use human::human_duration;
 pub use info::{ForceReleased, Holder, LockInfo};
 
 /// TLS settings types of the transport, for [`ClientBuilder::tls`].

@@ -121,7 +121,7 @@ impl Inner {
     pub(crate) fn error(&self, status: Status) -> Error {
         if is_transport(&status) {
             let words = if timed_out(&status) {
-                format!("no answer within {:?}", self.call_timeout)
+                format!("no answer within {}", crate::human_duration(self.call_timeout))
             } else {
                 transport_words(&status)
             };

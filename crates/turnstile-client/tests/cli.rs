@@ -520,6 +520,31 @@ async fn a_coordinator_that_never_answers_fails_after_the_call_timeout() {
     assert!(silent.accepted() > 0, "the listener was reached");
 }
 
+/// A duration in a message is rounded as a person reads it (`1.5s`), not
+/// printed to the nanosecond (`1s 499ms 999us 780ns`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durations_in_messages_are_rounded_for_people() {
+    let silent = Silent::new();
+    let url = silent.url();
+    let cases: [&[&str]; 4] = [
+        &["--timeout", "1500ms", "release", "--force", "k"],
+        &["--timeout", "1500ms", "release", "k", "7"],
+        &["--timeout", "1500ms", "get", "k"],
+        &["--timeout", "1500ms", "lock", "k", "--", "true"],
+    ];
+    for args in cases {
+        let out = output_within(turnstile(&url, args), Duration::from_secs(30)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {stderr}");
+        assert!(stderr.contains("within 1.5s"), "{args:?}: {stderr}");
+        let debris = stderr.split(|c: char| !c.is_alphanumeric()).find(|w| {
+            let unit = w.trim_start_matches(|c: char| c.is_ascii_digit());
+            unit.len() < w.len() && ["us", "ns", "µs"].contains(&unit)
+        });
+        assert_eq!(debris, None, "{args:?}: no micro- or nanoseconds in {stderr:?}");
+    }
+}
+
 /// A refused connection is said in words with the address, not as a Debug
 /// dump of the transport's error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,6 +582,29 @@ async fn an_empty_key_is_a_usage_error_before_any_connection() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains("key") && stderr.contains("empty"), "{args:?}: {stderr}");
+    }
+    assert_eq!(silent.accepted(), 0, "no connection was made");
+}
+
+/// A fencing token of 0 (never granted: tokens start at 1) or one that is not
+/// a number is a usage error (exit 2, naming the token) found before any
+/// connection is made, like an empty key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_or_unparsable_fencing_token_is_a_usage_error_before_any_connection() {
+    let silent = Silent::new();
+    let url = silent.url();
+    let cases: [&[&str]; 5] = [
+        &["release", "k", "0"],
+        &["release", "--force", "k", "0"],
+        &["release", "k", "x"],
+        &["release", "k", "-1"],
+        &["release", "k", "18446744073709551616"],
+    ];
+    for args in cases {
+        let out = output_within(turnstile(&url, args), Duration::from_secs(30)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("TOKEN"), "{args:?}: {stderr}");
     }
     assert_eq!(silent.accepted(), 0, "no connection was made");
 }

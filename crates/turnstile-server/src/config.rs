@@ -264,11 +264,20 @@ impl Config {
         if self.max_connections == 0 {
             return err("max-connections", "must be at least 1");
         }
+        if self.max_connections > MAX_CONNECTIONS {
+            return err("max-connections", "must be at most 10000000");
+        }
         if self.max_concurrent_calls == 0 {
             return err("max-concurrent-calls", "must be at least 1");
         }
+        if self.max_concurrent_calls > MAX_CONCURRENT_CALLS {
+            return err("max-concurrent-calls", "must be at most 10000000");
+        }
         if self.max_response_bytes_in_flight < 64 * 1024 {
             return err("max-response-bytes-in-flight", "must be at least 64 KiB");
+        }
+        if self.max_response_bytes_in_flight > MAX_RESPONSE_BYTES_IN_FLIGHT {
+            return err("max-response-bytes-in-flight", "must be at most 4294967295 (4 GiB - 1)");
         }
         if self.handshake_timeout.is_zero() {
             return err("handshake-timeout", "must be greater than zero");
@@ -389,6 +398,18 @@ fn parse_data_dir(s: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(s))
 }
 
+/// Largest `--max-connections`: each is a tokio semaphore permit, and a far
+/// larger value once panicked the server after its ready line.
+pub const MAX_CONNECTIONS: usize = 10_000_000;
+
+/// Largest `--max-concurrent-calls`: each is a tokio semaphore permit, and a
+/// far larger value once panicked the server at start.
+pub const MAX_CONCURRENT_CALLS: usize = 10_000_000;
+
+/// Largest `--max-response-bytes-in-flight` (4 GiB - 1): the bytes are
+/// permits of one tokio semaphore, which the budget caps at `u32::MAX`.
+pub const MAX_RESPONSE_BYTES_IN_FLIGHT: usize = u32::MAX as usize;
+
 /// Parses `500ms`, `15s`, `1m`, `1h30m`, as humantime does.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 15s, 1m)"))
@@ -435,6 +456,28 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().flag, "min-ttl");
         let c = parse(&["--default-ttl", "2h"]);
         assert_eq!(c.validate().unwrap_err().flag, "default-ttl");
+    }
+
+    #[test]
+    fn validate_refuses_limits_too_large_for_a_semaphore() {
+        // These once panicked in tokio ("a semaphore may not have more than
+        // MAX_PERMITS") at start, or after the ready line.
+        for flag in ["max-concurrent-calls", "max-connections", "max-response-bytes-in-flight"] {
+            let c = parse(&[&format!("--{flag}"), "2305843009213693952"]);
+            let e = c.validate().expect_err(flag);
+            assert_eq!(e.flag, flag, "{e:?}");
+            assert!(e.reason.contains("at most"), "{e:?}");
+        }
+        // The largest values README suggests to lift the limits still pass.
+        let c = parse(&[
+            "--max-concurrent-calls",
+            "1000000",
+            "--max-connections",
+            "100000",
+            "--max-response-bytes-in-flight",
+            "4294967295",
+        ]);
+        c.validate().expect("README's large limits are accepted");
     }
 
     #[test]

@@ -188,7 +188,7 @@ impl<B: Backend> LockServiceImpl<B> {
         if let Some(g) = &caller {
             g.check(Verb::Admin, &request.get_ref().key)?;
         }
-        let peer = request.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let peer = peer_addr(&request).map_or_else(|| "unknown".to_owned(), |a| a.to_string());
         let (key, token) = validate::force_release(request.get_ref())?;
         let out = self.backend.force_release(key.clone(), token).await?;
         let previous = lock_info(&out.previous);
@@ -326,6 +326,19 @@ impl<B: Backend> LockService for LockServiceImpl<B> {
         }
         Ok(res)
     }
+}
+
+/// The address of the peer that sent `request`: from the [`ConnInfo`] that
+/// our own accept loop (plaintext or TLS) puts in every request's extensions,
+/// else tonic's own (`TcpIncoming`, as in tests that serve another way).
+///
+/// [`ConnInfo`]: crate::listen::ConnInfo
+fn peer_addr<T>(request: &Request<T>) -> Option<std::net::SocketAddr> {
+    request
+        .extensions()
+        .get::<crate::listen::ConnInfo>()
+        .and_then(|c| c.tcp.remote_addr)
+        .or_else(|| request.remote_addr())
 }
 
 /// A ListLocks page shed because `--max-response-bytes-in-flight` has no

@@ -151,6 +151,8 @@ async fn a_force_release_is_counted_and_logged_at_warn() {
         "{line}"
     );
     assert!(f["caller"].is_string() && f["peer"].is_string(), "who asked: {line}");
+    // The peer's real address, not `unknown`: `peer=127.0.0.1:PORT`.
+    assert!(f["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")), "peer=127.0.0.1: in {line}");
 }
 
 #[tokio::test]

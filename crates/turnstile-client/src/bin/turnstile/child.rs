@@ -165,7 +165,10 @@ impl Watchdog {
             let _ = pipe.write_all(b"x");
         }
         if tokio::time::timeout(WATCHDOG_EXIT, self.process.wait()).await.is_err() {
-            eprintln!("turnstile: warning: the watchdog did not exit within {WATCHDOG_EXIT:?}");
+            eprintln!(
+                "turnstile: warning: the watchdog did not exit within {}",
+                turnstile_client::human_duration(WATCHDOG_EXIT)
+            );
         }
     }
 }

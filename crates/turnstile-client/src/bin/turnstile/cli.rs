@@ -153,7 +153,7 @@ pub(crate) enum Command {
         #[arg(value_parser = parse_key)]
         key: String,
         /// The fencing token of the lease to end (optional with --force).
-        #[arg(required_unless_present = "force")]
+        #[arg(required_unless_present = "force", value_parser = parse_token)]
         token: Option<u64>,
     },
     /// Check that the coordinator is up and SERVING (gRPC health), like
@@ -207,6 +207,16 @@ pub(crate) fn parse_key(s: &str) -> Result<String, String> {
         return Err("the key must not be empty".to_owned());
     }
     Ok(s.to_owned())
+}
+
+/// A fencing token as given: a number from 1 (0 is never granted), else a
+/// usage error found before any call, like an empty key.
+pub(crate) fn parse_token(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("fencing tokens start at 1; 0 names no lease".to_owned()),
+        Ok(t) => Ok(t),
+        Err(e) => Err(format!("{e}: a fencing token is a number from 1 to {}", u64::MAX)),
+    }
 }
 
 /// Parses `500ms`, `30s`, `1m`, `1h30m`, or `0`.

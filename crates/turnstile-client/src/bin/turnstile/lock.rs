@@ -107,7 +107,7 @@ async fn stop(cmd: &mut Child, pgid: u32, grace: Duration, signals: &mut Signals
     tokio::select! {
         _ = cmd.wait() => {}
         () = tokio::time::sleep(grace) => {
-            eprintln!("turnstile: the command did not stop within {grace:?}; killing it");
+            eprintln!("turnstile: the command did not stop within {}; killing it", human(grace));
         }
         sig = signals.recv() => eprintln!("turnstile: signal {sig} while stopping the command; killing it"),
     }
@@ -218,7 +218,7 @@ mod tests {
         };
         assert_eq!(
             describe(&info, Duration::from_secs(3)),
-            "waiting for k: held by h/1/ab/1 (token 9, expires in 12.0s), 1 waiting; waited 3.0s"
+            "waiting for k: held by h/1/ab/1 (token 9, expires in 12s), 1 waiting; waited 3s"
         );
     }
 }

@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         Err(CliError::Client(turnstile_client::Error::Timeout { operation, after })) => {
             eprintln!(
                 "turnstile: no answer from turnstiled at {addr} within {} ({operation}; see --timeout)",
-                humantime::format_duration(after)
+                turnstile_client::human_duration(after)
             );
             ExitCode::from(exit::FAILED)
         }

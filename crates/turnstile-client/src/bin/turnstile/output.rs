@@ -1,7 +1,6 @@
 //! How `get` and `ls` print keys: an aligned table for people, JSON for scripts.
 
 use std::io::{self, Write};
-use std::time::Duration;
 
 use serde::Serialize;
 use turnstile_client::LockInfo;
@@ -84,21 +83,15 @@ pub(crate) fn table(out: &mut impl Write, infos: &[LockInfo]) -> io::Result<()> 
     Ok(())
 }
 
-/// A duration for people: `250ms`, `12.3s`, `4m05s`, `2h10m`.
-pub(crate) fn human(d: Duration) -> String {
-    let ms = d.as_millis();
-    match ms {
-        0..=999 => format!("{ms}ms"),
-        1_000..=59_999 => format!("{:.1}s", d.as_secs_f64()),
-        60_000..=3_599_999 => format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60),
-        _ => format!("{}h{:02}m", ms / 3_600_000, (ms / 60_000) % 60),
-    }
-}
+pub(crate) use turnstile_client::human_duration as human;
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
+
     use turnstile_client::Holder;
+
+    use super::*;
 
     fn infos() -> Vec<LockInfo> {
         vec![
