@@ -26,6 +26,10 @@ use turnstile_server::config::Config;
 use turnstile_server::server::run;
 use turnstile_server::telemetry::Metrics;
 
+#[path = "support/raw_h2.rs"]
+mod raw_h2;
+use raw_h2::start_call;
+
 /// A server in the test's runtime; stopped when dropped (its task aborted).
 struct Server {
     addr: SocketAddr,
@@ -111,31 +115,6 @@ async fn await_waiters(c: &mut LockServiceClient<Channel>, key: &str, n: u32) {
     panic!("{key} never had {n} waiters");
 }
 
-/// A unary gRPC call's request body: the 5-byte frame header and `msg`.
-fn grpc_body(msg: &impl prost::Message) -> Bytes {
-    let mut buf = vec![0u8; 5];
-    msg.encode(&mut buf).expect("encode");
-    let len = u32::try_from(buf.len() - 5).expect("small");
-    buf[1..5].copy_from_slice(&len.to_be_bytes());
-    buf.into()
-}
-
-/// Starts a unary call of `method` on a raw HTTP/2 connection.
-fn start_call(
-    h2: &mut h2::client::SendRequest<Bytes>,
-    method: &str,
-    msg: &impl prost::Message,
-) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
-    let req = tonic::codegen::http::Request::post(format!("http://turnstile/turnstile.v1.LockService/{method}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .expect("request");
-    let (resp, mut send) = h2.send_request(req, false).expect("send request");
-    send.send_data(grpc_body(msg), true).expect("send body");
-    (resp, send)
-}
-
 /// The status a response's headers carry (a trailers-only answer), if any.
 fn header_status(resp: &tonic::codegen::http::Response<h2::RecvStream>) -> Option<tonic::Status> {
     tonic::Status::from_header_map(resp.headers())
@@ -160,12 +139,12 @@ async fn streams_per_connection_are_limited() {
     let s = serve(&["--max-concurrent-streams", "7"]).await;
     let mut h2 = s.raw(0).await;
     // The server's SETTINGS arrive with the first exchange.
-    let (resp, _send) = start_call(&mut h2, "GetLock", &v1::GetLockRequest { key: "k".into() });
+    let (resp, _send) = start_call(&mut h2, "turnstile", "GetLock", &v1::GetLockRequest { key: "k".into() });
     resp.await.expect("answered");
     assert_eq!(h2.current_max_send_streams(), 7);
     let s = serve(&[]).await;
     let mut h2 = s.raw(0).await;
-    let (resp, _send) = start_call(&mut h2, "GetLock", &v1::GetLockRequest { key: "k".into() });
+    let (resp, _send) = start_call(&mut h2, "turnstile", "GetLock", &v1::GetLockRequest { key: "k".into() });
     resp.await.expect("answered");
     assert_eq!(h2.current_max_send_streams(), 100, "the default");
 }
@@ -188,7 +167,7 @@ async fn unread_list_pages_are_bounded_by_the_response_budget() {
     let shed = loop {
         // Under the 100 streams a connection may open, or the next would wait forever.
         assert!(unread.len() < 90, "never shed: {} pages of {page} bytes held unread", unread.len());
-        let (resp, send) = start_call(&mut h2, "ListLocks", &list(10));
+        let (resp, send) = start_call(&mut h2, "turnstile", "ListLocks", &list(10));
         let resp = resp.await.expect("answered");
         if let Some(status) = header_status(&resp) {
             break status;
@@ -229,8 +208,12 @@ async fn shared_results_in_flight_are_bounded_by_the_response_budget() {
     let mut waiters = Vec::new();
     for i in 0..3 {
         let mut h2 = s.raw(0).await;
-        let (resp, send) =
-            start_call(&mut h2, "Acquire", &acquire("fetch", &format!("w{i}"), Duration::from_secs(300), true));
+        let (resp, send) = start_call(
+            &mut h2,
+            "turnstile",
+            "Acquire",
+            &acquire("fetch", &format!("w{i}"), Duration::from_secs(300), true),
+        );
         waiters.push((h2, Some(resp), send));
         await_waiters(&mut c, "fetch", i + 1).await;
     }
@@ -329,7 +312,7 @@ async fn short_calls_are_shed_but_waiters_releases_and_renewals_are_not() {
     let mut h2 = s.raw(0).await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        let (resp, send) = start_call(&mut h2, "ListLocks", &list(10));
+        let (resp, send) = start_call(&mut h2, "turnstile", "ListLocks", &list(10));
         let resp = resp.await.expect("answered");
         assert!(header_status(&resp).is_none(), "served");
         held.push((resp, send));
@@ -393,7 +376,8 @@ async fn idle_connections_are_closed() {
     let mut c = s.client().await;
     grant(&mut c, "held").await;
     let mut h2 = s.raw(65_535).await;
-    let (resp, _send) = start_call(&mut h2, "Acquire", &acquire("held", "w", Duration::from_secs(300), false));
+    let (resp, _send) =
+        start_call(&mut h2, "turnstile", "Acquire", &acquire("held", "w", Duration::from_secs(300), false));
     await_waiters(&mut c, "held", 1).await;
     tokio::time::sleep(Duration::from_secs(200)).await;
     let info = c.get_lock(v1::GetLockRequest { key: "held".into() }).await.expect("get").into_inner();
@@ -479,7 +463,8 @@ async fn half_open_connections_are_closed_by_keepalive_and_their_waiters_leave()
     let (h2, conn) = h2::client::handshake(io).await.expect("h2 handshake");
     tokio::spawn(conn);
     let mut h2 = h2.ready().await.expect("ready");
-    let (_resp, _send) = start_call(&mut h2, "Acquire", &acquire("held", "w", Duration::from_secs(3000), false));
+    let (_resp, _send) =
+        start_call(&mut h2, "turnstile", "Acquire", &acquire("held", "w", Duration::from_secs(3000), false));
     await_waiters(&mut c, "held", 1).await;
     cut.store(true, Ordering::Release);
     let start = Instant::now();
@@ -496,12 +481,12 @@ async fn connections_past_the_limit_wait_until_one_closes() {
     let mut open = Vec::new();
     for _ in 0..2 {
         let mut h2 = s.raw(65_535).await;
-        let (resp, _send) = start_call(&mut h2, "GetLock", &v1::GetLockRequest { key: "k".into() });
+        let (resp, _send) = start_call(&mut h2, "turnstile", "GetLock", &v1::GetLockRequest { key: "k".into() });
         assert!(header_status(&resp.await.expect("served")).is_none());
         open.push(h2);
     }
     let mut third = s.raw(65_535).await;
-    let (resp, _send) = start_call(&mut third, "GetLock", &v1::GetLockRequest { key: "k".into() });
+    let (resp, _send) = start_call(&mut third, "turnstile", "GetLock", &v1::GetLockRequest { key: "k".into() });
     let mut resp = Box::pin(resp);
     assert!(
         tokio::time::timeout(Duration::from_secs(60), &mut resp).await.is_err(),

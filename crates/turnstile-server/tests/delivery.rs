@@ -23,6 +23,10 @@ type DeadlineRace = (String, Result<bool, Code>, bool);
 #[path = "conformance/node.rs"]
 mod node;
 
+#[path = "support/raw_h2.rs"]
+mod raw_h2;
+use raw_h2::{grpc_body, start_call};
+
 /// A server in this process, on a runtime of its own; killed when dropped.
 fn server() -> node::Node {
     node::memory_in_process(&["--data-dir".to_owned(), String::new()])
@@ -68,32 +72,6 @@ async fn becomes(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     false
-}
-
-/// A unary gRPC call's request body: the 5-byte frame header and `msg`.
-fn grpc_body(msg: &impl prost::Message) -> bytes::Bytes {
-    let mut buf = vec![0u8; 5];
-    msg.encode(&mut buf).expect("encode");
-    let len = u32::try_from(buf.len() - 5).expect("small");
-    buf[1..5].copy_from_slice(&len.to_be_bytes());
-    buf.into()
-}
-
-/// Starts a unary call of `method` on a raw HTTP/2 connection.
-fn start_call(
-    h2: &mut h2::client::SendRequest<bytes::Bytes>,
-    addr: &str,
-    method: &str,
-    msg: &impl prost::Message,
-) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
-    let req = tonic::codegen::http::Request::post(format!("http://{addr}/turnstile.v1.LockService/{method}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .expect("request");
-    let (resp, mut send) = h2.send_request(req, false).expect("send request");
-    send.send_data(grpc_body(msg), true).expect("send body");
-    (resp, send)
 }
 
 /// The race of issue 9, defect 2, by reset: B waits for `key`; its client
