@@ -68,6 +68,8 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_logs_once_per_10s
     while let Ok(f) = std::fs::File::open("/dev/null") {
         hog.push(f);
     }
+    // The scenario: 30 s of (paused) time pass with every descriptor taken;
+    // the log must then show at most one line per 10 s.
     tokio::time::sleep(Duration::from_secs(30)).await;
     let text = String::from_utf8(log.0.lock().expect("log").clone()).expect("utf-8");
     let lines = text.lines().filter(|l| l.contains("accepting gRPC connections fails")).count();

@@ -379,6 +379,7 @@ async fn idle_connections_are_closed() {
     let (resp, _send) =
         start_call(&mut h2, "turnstile", "Acquire", &acquire("held", "w", Duration::from_secs(300), false));
     await_waiters(&mut c, "held", 1).await;
+    // The scenario: 200 s of (paused) time pass, far past the 30 s idle timeout.
     tokio::time::sleep(Duration::from_secs(200)).await;
     let info = c.get_lock(v1::GetLockRequest { key: "held".into() }).await.expect("get").into_inner();
     assert_eq!(info.waiters, 1, "the waiter's connection was closed while it waited");

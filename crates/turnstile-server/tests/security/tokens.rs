@@ -188,9 +188,11 @@ async fn force_release_needs_the_admin_verb_and_a_refusal_changes_nothing() {
         };
         wc.acquire(call(req, Some(PAYMENTS))).await
     });
-    while holder(&mut c, "payments/9").await.waiters < 1 {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    turnstile_testkit::eventually("the waiter on payments/9 is parked", std::time::Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move { (holder(&mut c, "payments/9").await.waiters >= 1).then_some(()) }
+    })
+    .await;
     let force = || v1::ForceReleaseRequest { key: "payments/9".into(), fencing_token: None };
     for t in [PAYMENTS, INSPECTOR] {
         let e = c.force_release(call(force(), Some(t))).await.expect_err("refused");
