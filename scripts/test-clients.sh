@@ -22,13 +22,9 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v php >/dev/null 2>&1 || need+=(php-cli)
 if ! command -v php >/dev/null 2>&1 || ! php -m 2>/dev/null | grep -qx pdo_sqlite; then need+=(php-sqlite3); fi
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
-if [ ${#need[@]} -gt 0 ]; then
-    echo "installing ${need[*]} (needed by the client tests)" >&2
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+# shellcheck source=lib/apt.sh
+. "$root/scripts/lib/apt.sh"
+apt_install "the client tests" ${need[@]+"${need[@]}"}
 node_major="$(node -p 'process.versions.node.split(".")[0]')"
 if [ "$node_major" -lt 18 ]; then
     echo "Node.js $(node --version) is too old: the client needs 18 or later" >&2

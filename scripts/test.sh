@@ -13,13 +13,9 @@ need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-if [ ${#need[@]} -gt 0 ]; then
-    echo "installing ${need[*]} (needed by the tests)" >&2
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+# shellcheck source=scripts/lib/apt.sh
+source scripts/lib/apt.sh
+apt_install "the tests" ${need[@]+"${need[@]}"}
 
 # Unit, integration and doc tests of every crate; examples are built too.
 # (Benchmarks are compiled by CI's clippy and run with `cargo bench`.)
